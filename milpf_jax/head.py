@@ -1,0 +1,232 @@
+"""The MIL-PF head (paper, section 2; Table 4 for the pooling variants).
+
+Per stream: Dense(D->16), ReLU, Dense(16->8), ReLU. The global stream pools a bag's views (max
+by default), the local stream pools its tiles with a single learned latent query over 8-dim
+keys and values (Perceiver-style cross-attention). Concat -> Dense(16->1) -> logit.
+
+Tiles are packed: `tiles` [N, D] holds the real tiles of every bag, `tile_bag` [N] says which
+bag each belongs to, so the heavy first layer runs on real tiles only and pooling is a segment
+operation. A padded batch [B, T, D] goes through the same code after `pad_to_packed`.
+
+The model returns `(logit, aux)`: aux["attn"] [N] is each tile's attention weight (zero for
+padding), so explanation needs no second forward path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+GLOBAL_POOLS = ("max", "mean", "attn", "none")
+LOCAL_POOLS = ("attn", "max", "mean", "none")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Shape and pooling of a head; the defaults are the paper's full MIL-PF (Table 4, last row).
+
+    dim: the encoder's embedding size D. hidden, proj: the stream MLP widths (section 3.1:
+    "projecting from embedding size to 16, and second from 16 to 8"). first_layer_dtype: the
+    compute dtype of the D->16 layer (float32 or bfloat16, always accumulated in float32).
+    """
+
+    dim: int = 1152
+    global_pool: str = "max"
+    local_pool: str = "attn"
+    hidden: int = 16
+    proj: int = 8
+    first_layer_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool {self.global_pool!r}: choose one of {GLOBAL_POOLS}")
+        if self.local_pool not in LOCAL_POOLS:
+            raise ValueError(f"local_pool {self.local_pool!r}: choose one of {LOCAL_POOLS}")
+        if self.global_pool == "none" and self.local_pool == "none":
+            raise ValueError("a head needs at least one stream: global_pool and local_pool "
+                             "are both 'none'")
+        if self.first_layer_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"first_layer_dtype {self.first_layer_dtype!r}: float32|bfloat16")
+
+    def replace(self, **changes) -> HeadConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def torch_linear_init(fan_in: int):
+    """PyTorch nn.Linear's default: weights and biases uniform in +-1/sqrt(fan_in).
+
+    (kaiming_uniform with a=sqrt(5) gives exactly this bound for the weights.) Matching it keeps
+    results comparable with the original code.
+    """
+    bound = 1.0 / jnp.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Linear(nn.Module):
+    """Dense with PyTorch's default init; `compute_dtype` with float32 accumulation."""
+
+    features: int
+    compute_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", torch_linear_init(fan_in), (fan_in, self.features))
+        bias = self.param("bias", torch_linear_init(fan_in), (self.features,))
+        if self.compute_dtype == "bfloat16":
+            y = jnp.dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
+                        preferred_element_type=jnp.float32)
+        else:
+            y = jnp.dot(x.astype(jnp.float32), kernel)
+        return y + bias
+
+
+class StreamMLP(nn.Module):
+    """Dense(D->hidden), ReLU, Dense(hidden->proj), ReLU: where the task-specific work happens."""
+
+    hidden: int
+    proj: int
+    first_layer_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(Linear(self.hidden, self.first_layer_dtype, name="0")(x))
+        return nn.relu(Linear(self.proj, name="1")(x))
+
+
+def segment_softmax(scores, segment_ids, valid, num_segments):
+    """Softmax of `scores` [N] within each segment over the valid entries only.
+
+    Invalid entries and empty segments get weight 0 (never NaN, also in the gradient).
+    """
+    masked = jnp.where(valid, scores, -jnp.inf)
+    seg_max = jax.ops.segment_max(masked, segment_ids, num_segments)  # [B], -inf when empty
+    seg_max = jnp.where(jnp.isfinite(seg_max), seg_max, 0.0)
+    shifted = jnp.where(valid, scores - seg_max[segment_ids], 0.0)
+    e = jnp.where(valid, jnp.exp(shifted), 0.0)
+    denom = jax.ops.segment_sum(e, segment_ids, num_segments)
+    return e / jnp.where(denom > 0, denom, 1.0)[segment_ids]
+
+
+def masked_softmax(scores, mask, axis=-1):
+    """Softmax over the entries where `mask` is True; all-masked rows give zeros."""
+    masked = jnp.where(mask, scores, -jnp.inf)
+    m = jnp.max(masked, axis=axis, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.where(mask, jnp.exp(jnp.where(mask, scores - m, 0.0)), 0.0)
+    denom = jnp.sum(e, axis=axis, keepdims=True)
+    return e / jnp.where(denom > 0, denom, 1.0)
+
+
+class LatentAttention(nn.Module):
+    """One learned latent query z over keys/values Dense(8->8): softmax(z K^T / sqrt(8)) V.
+
+    The sqrt(8) scaling follows the original code's forward pass.
+    """
+
+    proj: int
+
+    def setup(self):
+        # The original initialises the latent from a standard normal (torch.randn).
+        self.latent = self.param("latent", nn.initializers.normal(1.0), (self.proj,))
+        self.k = Linear(self.proj, name="k")
+        self.v = Linear(self.proj, name="v")
+
+    def scores(self, h):
+        return self.k(h) @ self.latent / jnp.sqrt(jnp.float32(self.proj))
+
+    def __call__(self, h):
+        return self.scores(h), self.v(h)
+
+
+def _pool_segments(kind, h, seg, valid, num_segments, attention=None):
+    """Pool per-item features h [N, F] into [num_segments, F]; returns (pooled, weights [N])."""
+    valid_f = valid.astype(h.dtype)
+    if kind == "attn":
+        scores, values = attention(h)
+        weights = segment_softmax(scores, seg, valid, num_segments)
+        return jax.ops.segment_sum(weights[:, None] * values, seg, num_segments), weights
+    if kind == "max":
+        # Stream features are ReLU outputs (>= 0), so 0 is a safe fill for padding and for
+        # empty bags.
+        pooled = jax.ops.segment_max(h * valid_f[:, None], seg, num_segments)
+        pooled = jnp.maximum(pooled, 0.0)
+        return pooled, valid_f * 0.0
+    if kind == "mean":
+        counts = jax.ops.segment_sum(valid_f, seg, num_segments)
+        weights = valid_f / jnp.maximum(counts, 1.0)[seg]
+        return jax.ops.segment_sum(weights[:, None] * h, seg, num_segments), weights
+    raise ValueError(kind)
+
+
+class MILPFHead(nn.Module):
+    """MIL-PF head over a batch of B bags.
+
+    Call with views [B, V, D], views_mask [B, V], tiles [N, D], tile_bag [N] int32 (bag of each
+    tile), tile_valid [N] bool. Returns (logit [B] float32, aux) with aux["attn"] [N] (tile
+    weights; zeros unless local_pool is attn or mean), aux["view_attn"] [B, V],
+    aux["global"] [B, 8], aux["local"] [B, 8].
+    """
+
+    config: HeadConfig
+
+    @nn.compact
+    def __call__(self, views, views_mask, tiles, tile_bag, tile_valid):
+        cfg = self.config
+        b = views.shape[0]
+        feats, aux = [], {}
+        if cfg.global_pool != "none":
+            mlp = StreamMLP(cfg.hidden, cfg.proj, cfg.first_layer_dtype, name="global_proj")
+            hv = mlp(views)  # [B, V, 8]
+            if cfg.global_pool == "max":
+                g = jnp.max(jnp.where(views_mask[..., None], hv, 0.0), axis=1)
+                w = jnp.zeros(views_mask.shape, jnp.float32)
+            elif cfg.global_pool == "mean":
+                m = views_mask.astype(jnp.float32)
+                w = m / jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
+                g = jnp.einsum("bv,bvf->bf", w, hv)
+            else:
+                att = LatentAttention(cfg.proj, name="global_attn")
+                s, vals = att(hv)
+                w = masked_softmax(s, views_mask)
+                g = jnp.einsum("bv,bvf->bf", w, vals)
+            feats.append(g)
+            aux["global"], aux["view_attn"] = g, w
+        if cfg.local_pool != "none":
+            mlp = StreamMLP(cfg.hidden, cfg.proj, cfg.first_layer_dtype, name="local_proj")
+            ht = mlp(tiles)  # [N, 8]: the first layer sees real (packed) tiles only
+            attention = LatentAttention(cfg.proj, name="local_attn") \
+                if cfg.local_pool == "attn" else None
+            loc, w = _pool_segments(cfg.local_pool, ht, tile_bag, tile_valid, b, attention)
+            feats.append(loc)
+            aux["local"], aux["attn"] = loc, w
+        z = jnp.concatenate(feats, axis=-1)
+        logit = Linear(1, name="linear_out")(z)[:, 0]
+        return logit, aux
+
+
+def pad_to_packed(tiles, tiles_mask):
+    """[B, T, D] + [B, T] -> packed (tiles [B*T, D], tile_bag [B*T], tile_valid [B*T])."""
+    b, t, d = tiles.shape
+    tile_bag = jnp.repeat(jnp.arange(b, dtype=jnp.int32), t)
+    return tiles.reshape(b * t, d), tile_bag, tiles_mask.reshape(b * t)
+
+
+def count_params(params) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def init_params(key, cfg: HeadConfig):
+    """Initialise a head's parameters (no data needed: shapes come from cfg.dim)."""
+    d = cfg.dim
+    dummy = (jnp.zeros((1, 1, d)), jnp.ones((1, 1), bool), jnp.zeros((1, d)),
+             jnp.zeros((1,), jnp.int32), jnp.ones((1,), bool))
+    return MILPFHead(cfg).init(key, *dummy)["params"]

@@ -1,0 +1,135 @@
+"""Label mappings and patient-grouped splits, applied when a store is loaded.
+
+A store keeps raw labels ("1", "4A", "M", ...) and the split a manifest gave. Mapping a raw
+label to 0/1 and drawing the 70/10/20 split happen here, at load time, so a new mapping or a
+new split seed costs seconds, not a re-extraction (DESIGN.md, "Embeddings store").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+SPLIT_NAMES = ("train", "val", "test")
+TRAIN, VAL, TEST = 0, 1, 2
+
+# Paper, section 3.1: "we use BI-RADS 1 as negative, and BI-RADS 4, 5 and 6 as positive";
+# 0, 2 and 3 are left out of the task.
+_BIRADS = {"1": 0, "4": 1, "4A": 1, "4B": 1, "4C": 1, "5": 1, "6": 1}
+_BINARY = {"0": 0, "1": 1}
+# mini-MIAS severity per image: N normal, B benign, M malignant.
+_ABNORMAL = {"N": 0, "B": 1, "M": 1}
+_MALIGNANT = {"N": 0, "M": 1}
+
+MAPPINGS: dict[str, Mapping[str, int]] = {
+    "birads": _BIRADS,
+    "binary": _BINARY,
+    "abnormal": _ABNORMAL,
+    "malignant": _MALIGNANT,
+}
+DEFAULT_MAPPING = {"birads": "birads", "binary": "binary", "mias": "abnormal"}
+
+
+def resolve_mapping(name: str | None, label_kind: str) -> tuple[str, Mapping[str, int]]:
+    """The mapping to use: `name` if given, else the default for the store's `label_kind`."""
+    if name is None:
+        if label_kind not in DEFAULT_MAPPING:
+            raise ValueError(
+                f"no default label mapping for label_kind {label_kind!r}; pass mapping= one of "
+                f"{sorted(MAPPINGS)}"
+            )
+        name = DEFAULT_MAPPING[label_kind]
+    if name not in MAPPINGS:
+        raise ValueError(f"unknown label mapping {name!r}; valid: {sorted(MAPPINGS)}")
+    return name, MAPPINGS[name]
+
+
+def map_labels(raw_labels: Sequence[str], mapping: Mapping[str, int]) -> np.ndarray:
+    """Map raw labels to 0/1; labels the mapping leaves out become -1. Returns int8 [B]."""
+    norm = [str(r).strip().upper() for r in raw_labels]
+    return np.array([mapping.get(r, -1) for r in norm], dtype=np.int8)
+
+
+def excluded_counts(raw_labels: Sequence[str], mapped: np.ndarray) -> dict[str, int]:
+    """How many bags each raw label lost to the mapping, e.g. {"2": 40, "3": 12}."""
+    return dict(sorted(Counter(str(r) for r, m in zip(raw_labels, mapped) if m < 0).items()))
+
+
+def _patient_strata(patient_ids: np.ndarray, raw_labels: np.ndarray) -> tuple[list, list]:
+    """One stratum per patient: the sorted set of its raw labels (e.g. "1|4A")."""
+    labels_of: dict[str, set] = {}
+    for p, r in zip(patient_ids, raw_labels):
+        labels_of.setdefault(str(p), set()).add(str(r))
+    patients = sorted(labels_of)
+    return patients, ["|".join(sorted(labels_of[p])) for p in patients]
+
+
+def _split_patients(strata: list[str], seed: int, fractions: Sequence[float]) -> np.ndarray:
+    """Assign patients to train/val/test, stratified by their raw-label set.
+
+    Within each stratum the patients are shuffled (seeded) and cut by `fractions` using
+    largest-remainder rounding accumulated across strata, so small strata do not all round
+    into train and every raw label value is spread over the three splits proportionally.
+    """
+    rng = np.random.default_rng(seed)
+    fractions = np.asarray(fractions, dtype=np.float64) / np.sum(fractions)
+    split = np.full(len(strata), -1, dtype=np.int8)
+    carry = np.zeros(len(fractions))
+    by_stratum: dict[str, list[int]] = {}
+    for i, s in enumerate(strata):
+        by_stratum.setdefault(s, []).append(i)
+    for s in sorted(by_stratum):
+        members = np.array(by_stratum[s])
+        rng.shuffle(members)
+        want = fractions * len(members) + carry
+        counts = np.floor(want).astype(int)
+        short = len(members) - counts.sum()
+        order = np.argsort(-(want - counts), kind="stable")
+        counts[order[:short]] += 1
+        carry = want - counts
+        split[members] = np.repeat(np.arange(len(fractions)), counts)
+    return split
+
+
+def make_splits(
+    patient_ids: Sequence[str],
+    raw_labels: Sequence[str],
+    split_given: Sequence[int],
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+) -> np.ndarray:
+    """Split bags 70/10/20 by patient, stratified by raw label; a manifest's split wins.
+
+    Args:
+      patient_ids, raw_labels: [B] per bag.
+      split_given: [B] int, 0/1/2 where the manifest fixed the split, -1 elsewhere.
+      seed: the split seed; the same seed gives the same split.
+    Returns:
+      int8 [B] split codes (0 train, 1 val, 2 test). All bags of a patient share one split.
+    """
+    patient_ids = np.asarray(patient_ids, dtype=object)
+    raw_labels = np.asarray(raw_labels, dtype=object)
+    given = np.asarray(split_given, dtype=np.int8)
+    fixed: dict[str, int] = {}
+    for p, g in zip(patient_ids, given):
+        if g < 0:
+            continue
+        if fixed.setdefault(str(p), int(g)) != g:
+            raise ValueError(
+                f"patient {p!r} has bags in two given splits "
+                f"({SPLIT_NAMES[fixed[str(p)]]} and {SPLIT_NAMES[g]}): a patient must stay in one"
+            )
+    free = np.array([str(p) not in fixed for p in patient_ids])
+    split = np.full(len(patient_ids), -1, dtype=np.int8)
+    for i, p in enumerate(patient_ids):
+        if not free[i]:
+            split[i] = fixed[str(p)]
+    if free.any():
+        patients, strata = _patient_strata(patient_ids[free], raw_labels[free])
+        assigned = dict(zip(patients, _split_patients(strata, seed, fractions)))
+        split[free] = [assigned[str(p)] for p in patient_ids[free]]
+    return split
+

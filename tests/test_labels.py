@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from milpf_jax import labels
+
+
+def test_birads_mapping_follows_the_paper():
+    raw = ["1", "2", "3", "4", "4a", "4B", "4C", "5", "6", "0"]
+    mapped = labels.map_labels(raw, labels.MAPPINGS["birads"])
+    assert mapped.tolist() == [0, -1, -1, 1, 1, 1, 1, 1, 1, -1]
+    assert labels.excluded_counts(raw, mapped) == {"0": 1, "2": 1, "3": 1}
+
+
+def test_default_mapping_per_label_kind_and_unknown_names():
+    assert labels.resolve_mapping(None, "birads")[0] == "birads"
+    assert labels.resolve_mapping(None, "mias")[0] == "abnormal"
+    assert labels.map_labels(["N", "B", "M"], labels.MAPPINGS["malignant"]).tolist() == [0, -1, 1]
+    with pytest.raises(ValueError, match="unknown label mapping 'nope'"):
+        labels.resolve_mapping("nope", "birads")
+    with pytest.raises(ValueError, match="no default label mapping"):
+        labels.resolve_mapping(None, "custom")
+
+
+def _cohort(n_patients=300, seed=0):
+    rng = np.random.default_rng(seed)
+    pats, raws = [], []
+    for p in range(n_patients):
+        r = rng.choice(["1", "2", "4", "5"], p=[0.6, 0.2, 0.15, 0.05])
+        for _ in range(rng.integers(1, 4)):
+            pats.append(f"P{p}")
+            raws.append(str(r))
+    return np.array(pats), np.array(raws)
+
+
+def test_splits_group_patients_stratify_labels_and_are_deterministic():
+    pats, raws = _cohort()
+    split = labels.make_splits(pats, raws, np.full(len(pats), -1), seed=3)
+    for p in np.unique(pats):
+        assert len(set(split[pats == p].tolist())) == 1, p
+    # Per raw label, the patient fractions are 70/10/20 within rounding.
+    for r in np.unique(raws):
+        ps = np.unique(pats[raws == r])
+        first = {p: split[np.flatnonzero(pats == p)[0]] for p in ps}
+        frac = np.bincount(list(first.values()), minlength=3) / len(ps)
+        np.testing.assert_allclose(frac, [0.7, 0.1, 0.2], atol=1.5 / len(ps) + 0.01)
+    again = labels.make_splits(pats, raws, np.full(len(pats), -1), seed=3)
+    other = labels.make_splits(pats, raws, np.full(len(pats), -1), seed=4)
+    assert np.array_equal(split, again)
+    assert not np.array_equal(split, other)
+
+
+def test_given_split_wins_and_contradictions_are_refused():
+    pats = np.array(["A", "A", "B", "C", "C"])
+    raws = np.array(["1", "4", "1", "1", "5"])
+    given = np.array([2, -1, 1, -1, -1])
+    split = labels.make_splits(pats, raws, given, seed=0)
+    assert split[0] == split[1] == 2 and split[2] == 1
+    with pytest.raises(ValueError, match="patient 'A' has bags in two given splits"):
+        labels.make_splits(pats, raws, np.array([2, 0, -1, -1, -1]))
