@@ -1,0 +1,391 @@
+"""Read one mammogram (DICOM, PNG, PGM, TIFF) into float32 [0, 1] with the breast on the left.
+
+DICOM goes through pydicom in display order: Modality LUT (rescale slope/intercept or Modality
+LUT Sequence), then VOI LUT (VOI LUT Sequence, else window centre/width with the VOI LUT Function
+LINEAR, LINEAR_EXACT or SIGMOID), then MONOCHROME1 inversion. Values stay float64 until the final
+cast, so 12-16-bit data keep every distinct level. Compressed transfer syntaxes decode through
+permissively licensed plugins: JPEG 2000 via pylibjpeg-openjpeg (MIT), JPEG lossless and JPEG-LS
+via python-gdcm (BSD). PNG, PGM and TIFF (8 or 16 bit) go through Pillow.
+
+Which side holds the breast is decided from the pixels, never from the laterality tag: archives
+differ, and mini-MIAS shows left breasts on the right of the image. Every image is mirrored so the
+breast sits on the LEFT; `MammoImage.flipped` records it so boxes map back to the file's pixels.
+
+Example:
+    img = read_image("mdb001.png", laterality="L")  # img.pixels: [1024, 1024] float32
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ExcludedView", "ImageReadError", "MammoImage", "read_image"]
+
+PILLOW_SUFFIXES = (".png", ".pgm", ".pnm", ".tif", ".tiff")
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+# Tomosynthesis volumes and their projection images are 3D acquisitions, not 2D mammograms.
+TOMOSYNTHESIS_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.13.1.3": "Breast Tomosynthesis Image Storage",
+    "1.2.840.10008.5.1.4.1.1.13.1.4": "Breast Projection X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.13.1.5": "Breast Projection X-Ray Image Storage - For Processing",
+}
+# View modifiers (DICOM CID 4015) that mark a diagnostic work-up view, not a screening view:
+# spot compression and magnification show a small region enlarged, and implant-displaced
+# (Eklund) views show the breast pushed off its implant, so neither matches the screening views
+# a model is trained on. SNOMED CT codes, plus DCM 111136 "Spot magnification view(s)".
+EXCLUDED_MODIFIER_CODES = {
+    "399055006": "spot compression",
+    "399163009": "magnification",
+    "399209000": "implant displaced",
+    "111136": "spot compression",
+}
+# Older files carry retired SNOMED-RT codes; their code meanings still say what they are.
+EXCLUDED_MODIFIER_WORDS = (
+    ("spot", "spot compression"),
+    ("magnif", "magnification"),
+    ("implant displaced", "implant displaced"),
+)
+# The flip test looks at a small copy: the breast is large, a label or a marker is not.
+FLIP_TEST_SIDE = 256
+
+
+class ImageReadError(ValueError):
+    """An image that cannot be used. `.path` names the file, `.reason` says why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ExcludedView(ImageReadError):
+    """A work-up view left out by default; `.reason` is the category a caller counts by.
+
+    One of "spot compression", "magnification", "implant displaced".
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(path, reason)
+        self.args = (f"{path}: {reason} view, excluded by default (allow_excluded=True reads it)",)
+
+
+@dataclass(frozen=True, eq=False)
+class MammoImage:
+    """One mammogram ready for tiling.
+
+    pixels: [H, W] float32 in [0, 1], already mirrored so the breast sits on the LEFT.
+    flipped: True when the reader mirrored it left-right (pixels = file[:, ::-1]).
+    source_shape: (rows, cols) of the file's pixel array (same as pixels.shape).
+    laterality: 'L' | 'R' from the tags or the manifest, None if unknown.
+    view: View Position code such as 'CC' or 'MLO' (the manifest's when the tag is absent).
+    pixel_spacing_mm: row spacing from Imager Pixel Spacing, else Pixel Spacing; None if absent.
+    path: the file read.
+    """
+
+    pixels: np.ndarray
+    flipped: bool
+    source_shape: tuple[int, int]
+    laterality: str | None
+    view: str | None
+    pixel_spacing_mm: float | None
+    path: str
+
+
+def _unit_range(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] linearly to [0, 1] (clipped), in float64."""
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] by the image's own range; a constant image becomes all zeros.
+
+    Used when no VOI transform gives a display range (PNG/TIFF, DICOM without one), as the
+    original MIL-PF code normalises every image.
+    """
+    values = values.astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.float64)
+    return (values - lo) / (hi - lo)
+
+
+def breast_on_right(pixels: np.ndarray) -> bool:
+    """True when more breast lies in the right half of `pixels` [H, W] than in the left.
+
+    Compares the intensity mass above an Otsu threshold in the two halves of a block-averaged
+    copy: the averaging smooths noise, the threshold drops film background, and the breast
+    outweighs labels and markers by far.
+    """
+    from skimage.filters import threshold_otsu
+    from skimage.transform import downscale_local_mean
+
+    factor = max(1, int(np.ceil(max(pixels.shape) / FLIP_TEST_SIDE)))
+    small = downscale_local_mean(pixels.astype(np.float32), (factor, factor))  # [h, w]
+    if small.max() <= small.min():
+        return False
+    mass = np.where(small > threshold_otsu(small), small, 0.0)
+    half = small.shape[1] // 2
+    left = float(mass[:, :half].sum())
+    right = float(mass[:, small.shape[1] - half :].sum())
+    return right > left
+
+
+def _normalise_laterality(value, path: str) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip().upper()
+    if text in ("", "U", "B"):
+        return None
+    if text in ("L", "LEFT"):
+        return "L"
+    if text in ("R", "RIGHT"):
+        return "R"
+    raise ValueError(f"{path}: laterality {value!r} from the manifest; expected 'L' or 'R'")
+
+
+def _implant_displaced(view: str | None) -> bool:
+    # ACR view labels append "ID" for implant-displaced views: CCID, MLOID, MLID, ...
+    return view is not None and len(view) > 2 and view.strip().upper().endswith("ID")
+
+
+def _modifier_items(ds) -> list:
+    """View Modifier Code Sequence items, nested in View Code Sequence or at top level."""
+    items = list(ds.get("ViewModifierCodeSequence", None) or [])
+    for view_item in ds.get("ViewCodeSequence", None) or []:
+        items.extend(view_item.get("ViewModifierCodeSequence", None) or [])
+    return items
+
+
+def _excluded_reason(ds, view: str | None) -> str | None:
+    for item in _modifier_items(ds):
+        code = str(item.get("CodeValue", "") or "").strip()
+        if code in EXCLUDED_MODIFIER_CODES:
+            return EXCLUDED_MODIFIER_CODES[code]
+        meaning = str(item.get("CodeMeaning", "") or "").lower()
+        for word, reason in EXCLUDED_MODIFIER_WORDS:
+            if word in meaning:
+                return reason
+    if _implant_displaced(view):
+        return "implant displaced"
+    return None
+
+
+def _tag_laterality(ds) -> str | None:
+    # Image Laterality (0020,0062) describes this image; Laterality (0020,0060) the series.
+    for keyword in ("ImageLaterality", "Laterality"):
+        text = str(ds.get(keyword, "") or "").strip().upper()
+        if text in ("L", "R"):
+            return text
+    return None
+
+
+def _pixel_spacing(ds) -> float | None:
+    # Imager Pixel Spacing is at the detector and present in every MG image; Pixel Spacing,
+    # when a vendor adds it, may be calibrated to another plane, so it only fills a gap.
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = ds.get(keyword, None)
+        if value:
+            row = float(value[0])
+            if row > 0:
+                return row
+    return None
+
+
+def _read_dataset(path: str):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError as err:
+        raise ImageReadError(path, f"not a DICOM file and not {'/'.join(PILLOW_SUFFIXES)}") from err
+    except (OSError, EOFError, ValueError, KeyError) as err:
+        raise ImageReadError(path, f"unreadable DICOM (truncated or corrupt?): {err}") from err
+
+
+def _check_dataset(ds, path: str) -> None:
+    """Refuse what is not a 2D for-presentation mammogram with pixel data."""
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if sop_class in TOMOSYNTHESIS_SOP_CLASSES:
+        raise ImageReadError(
+            path,
+            f"breast tomosynthesis object ({TOMOSYNTHESIS_SOP_CLASSES[sop_class]}, "
+            f"SOP class {sop_class}); only 2D mammograms are read",
+        )
+    modality = ds.get("Modality", None)
+    if modality != "MG":
+        raise ImageReadError(path, f"Modality is {modality!r}; expected 'MG' (mammography)")
+    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
+    if intent == "FOR PROCESSING" or sop_class == MG_FOR_PROCESSING:
+        raise ImageReadError(
+            path,
+            "'FOR PROCESSING' image (raw detector data); expected the 'FOR PRESENTATION' image",
+        )
+    if "PixelData" not in ds:
+        raise ImageReadError(path, "no Pixel Data element (a header-only or truncated file)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(path, f"{frames} frames; expected one 2D mammogram")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageReadError(
+            path, f"Photometric Interpretation {photometric!r}; expected MONOCHROME1 or 2"
+        )
+
+
+def _voi_lut_range(ds) -> tuple[float, float]:
+    """Output range of the first VOI LUT: the smallest and largest entry of the table.
+
+    The table's own values rather than 2**bits - 1 from its descriptor, because some vendors
+    declare 16 bits and fill only 12.
+    """
+    from pydicom.pixels import apply_voi
+
+    n_entries, first = ds.VOILUTSequence[0].LUTDescriptor[:2]
+    table = apply_voi(np.arange(first, first + (n_entries or 2**16), dtype=np.int64), ds)
+    return float(table.min()), float(table.max())
+
+
+def _window_range(ds) -> tuple[float, float]:
+    """Output range of pydicom's windowing: it maps -inf and +inf to its y_min and y_max.
+
+    Asking pydicom keeps one source of truth for how that range depends on Bits Stored, the
+    pixel representation, rescaling and a Modality LUT.
+    """
+    from pydicom.pixels import apply_windowing
+
+    ends = apply_windowing(np.array([-np.inf, np.inf]), ds)
+    return float(ends[0]), float(ends[1])
+
+
+def _has_voi_lut(ds) -> bool:
+    seq = ds.get("VOILUTSequence", None)
+    return bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
+
+
+def dicom_to_unit(ds, path: str) -> np.ndarray:
+    """Decoded pixels of `ds` -> [H, W] float64 in [0, 1], display order, bright = dense."""
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+    try:
+        stored = ds.pixel_array
+    # Decoder plugins report a short or corrupt stream with any of these.
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError, OSError) as err:
+        raise ImageReadError(path, f"pixel data cannot be decoded: {err}") from err
+    if stored.ndim != 2:
+        raise ImageReadError(path, f"pixel array has shape {stored.shape}; expected [rows, cols]")
+    values = apply_modality_lut(stored, ds)
+    if _has_voi_lut(ds):
+        # A VOI LUT indexes integer modality values; rounding drops float noise from rescaling.
+        lo, hi = _voi_lut_range(ds)
+        shown = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        lo, hi = _window_range(ds)
+        shown = apply_windowing(values, ds)
+    else:
+        lo, hi = None, None
+        shown = values
+    if lo is None:
+        unit = _min_max(shown)
+    elif hi <= lo:
+        raise ImageReadError(path, f"VOI transform has an empty output range [{lo}, {hi}]")
+    else:
+        unit = _unit_range(shown.astype(np.float64), lo, hi)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        unit = 1.0 - unit  # MONOCHROME1: the minimum value is displayed white
+    return unit
+
+
+def _pillow_to_unit(path: str) -> np.ndarray:
+    """PNG/PGM/TIFF (8 or 16 bit greyscale) -> [H, W] float64 in [0, 1] by min-max."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageReadError(path, f"Pillow cannot read it (truncated or corrupt?): {err}") from err
+    if arr.ndim == 3:
+        # Some exports store grey as RGB(A); a real colour image is not a mammogram.
+        grey = arr[..., 0]
+        if arr.shape[2] >= 3 and not (
+            np.array_equal(grey, arr[..., 1]) and np.array_equal(grey, arr[..., 2])
+        ):
+            raise ImageReadError(path, f"colour image (mode {mode}); expected greyscale")
+        arr = grey
+    if arr.ndim != 2:
+        raise ImageReadError(path, f"image array has shape {arr.shape}; expected [rows, cols]")
+    return _min_max(arr)
+
+
+def read_image(
+    path: str | os.PathLike,
+    *,
+    laterality: str | None = None,
+    view: str | None = None,
+    allow_excluded: bool = False,
+) -> MammoImage:
+    """Read a mammogram to float32 [0, 1] with the breast mirrored onto the left.
+
+    Args:
+      path: a DICOM file (any name), or .png/.pgm/.pnm/.tif/.tiff read through Pillow.
+      laterality: the manifest's 'L'/'R'; used when the file has no tag, checked when it has.
+      view: the manifest's view code; used when the file has no View Position.
+      allow_excluded: read spot-compression, magnification and implant-displaced views instead
+        of raising ExcludedView.
+
+    Returns:
+      MammoImage with pixels [H, W] float32.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ExcludedView: a work-up view (see `.reason`) and `allow_excluded` is False.
+      ImageReadError: not an MG image, tomosynthesis, FOR PROCESSING, no or undecodable pixel
+        data, or the file's laterality contradicts the manifest's.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such image file")
+    manifest_side = _normalise_laterality(laterality, path)
+    manifest_view = str(view).strip() if view is not None and str(view).strip() else None
+
+    ds = None if path.lower().endswith(PILLOW_SUFFIXES) else _read_dataset(path)
+    # Header checks first: a refused file costs no decoding.
+    if ds is None:
+        tag_side, tag_view, spacing, reason = None, None, None, None
+    else:
+        _check_dataset(ds, path)
+        tag_side = _tag_laterality(ds)
+        tag_view = str(ds.get("ViewPosition", "") or "").strip() or None
+        spacing = _pixel_spacing(ds)
+        reason = _excluded_reason(ds, tag_view)
+    if reason is None and _implant_displaced(manifest_view):
+        reason = "implant displaced"
+    if reason and not allow_excluded:
+        raise ExcludedView(path, reason)
+    if tag_side and manifest_side and tag_side != manifest_side:
+        raise ImageReadError(
+            path, f"laterality tag says {tag_side!r} but the manifest says {manifest_side!r}"
+        )
+
+    unit = _pillow_to_unit(path) if ds is None else dicom_to_unit(ds, path)  # [H, W] float64
+    flipped = breast_on_right(unit)
+    pixels = np.ascontiguousarray(unit[:, ::-1] if flipped else unit, dtype=np.float32)
+    return MammoImage(
+        pixels=pixels,
+        flipped=flipped,
+        source_shape=(int(unit.shape[0]), int(unit.shape[1])),
+        laterality=tag_side or manifest_side,
+        view=tag_view or manifest_view,
+        pixel_spacing_mm=spacing,
+        path=path,
+    )
