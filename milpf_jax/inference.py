@@ -79,9 +79,10 @@ def as_batch(bag: Bag, dim: int) -> tuple[Bag, bool]:
     b = views.shape[0]
     views_mask = np.asarray(bag.views_mask, bool).reshape(lead + np.shape(bag.views_mask))
     tiles = np.asarray(bag.tiles, np.float32)
-    if tiles.size == 0:
+    if tiles.size == 0:  # T = 0: any empty shape will do
         tiles = tiles.reshape(b, 0, views.shape[-1])
-    tiles = tiles.reshape(lead + tiles.shape) if single else tiles
+    elif single:
+        tiles = tiles[None]
     tiles_mask = np.asarray(bag.tiles_mask, bool).reshape(tiles.shape[:2])
     for name, d in (("views", views.shape[-1]), ("tiles", tiles.shape[-1])):
         if d != dim:

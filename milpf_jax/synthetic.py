@@ -28,13 +28,14 @@ class SyntheticConfig:
     tile_signal: float = 0.6       # lesion tile = noise + tile_signal * direction, then L2-normed
     global_signal: float = 0.05
     bags_per_patient: int = 2
-    seed: int = 0
+    seed: int = 0                  # draws the bags
+    signal_seed: int = 0           # draws the lesion direction: stores that share it share a task
 
 
 def synthetic_bags(cfg: SyntheticConfig):
     """Yield (BagPlan, global [V, D], tiles [T, D]) with the planted signal; deterministic."""
     rng = np.random.default_rng(cfg.seed)
-    direction = rng.standard_normal(cfg.dim).astype(np.float32)
+    direction = np.random.default_rng(cfg.signal_seed).standard_normal(cfg.dim).astype(np.float32)
     direction /= np.linalg.norm(direction)
     for b in range(cfg.n_bags):
         positive = rng.random() < cfg.positive_fraction

@@ -1,0 +1,108 @@
+"""Train the MIL-PF head, 36 seeds in one compiled program, on a store or a cohort.
+
+The main job (offline, no arguments): build the phantom cohort, extract it with
+EfficientNet-Lite0 from PyPI, train 36 seeds, select on validation, test once:
+
+    python experiments/sweep.py
+
+A real cohort with a hub encoder (extracted once into $MILPF_CACHE, reused after):
+
+    python experiments/sweep.py --cohort manifest.csv --encoder medsiglip
+
+An existing store, a grid of learning rates, an ablation:
+
+    python experiments/sweep.py --store X.zarr --lr 1e-3,2e-3,5e-3 --local-pool max
+
+Writes DIR/results.json, DIR/results.md, DIR/predictions.csv and DIR/best/ (the best head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from milpf_jax.cli import add_config_flags, config_from_args
+from milpf_jax.experiment import SweepConfig, format_table, run_sweep
+from milpf_jax.head import GLOBAL_POOLS, LOCAL_POOLS
+from milpf_jax.labels import MAPPINGS
+from milpf_jax.train import MODES
+
+DEFAULT_COHORT = "phantom"
+DEFAULT_ENCODER = "efficientnet-lite0"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MILPF_CACHE", Path.home() / ".cache" / "milpf-jax"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("data: either --store, or --cohort/--encoder (extract if needed)")
+    src.add_argument("--store", help="an embeddings store (local folder or fsspec URL)")
+    src.add_argument("--cohort", help=f"manifest CSV, mias:DIR or phantom "
+                                      f"(default: {DEFAULT_COHORT})")
+    try:
+        from milpf_jax.extract import ExtractConfig
+    except ImportError:  # the imaging half is optional for --store runs
+        ExtractConfig = None
+    if ExtractConfig is not None:
+        from milpf_jax.encoders import ENCODERS
+
+        add_config_flags(src, ExtractConfig, choices={"encoder": sorted(ENCODERS)})
+    p.add_argument("--out", help="run folder (default: runs/<cohort>-<encoder>-<UTC time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    train = p.add_argument_group("training (defaults reproduce the paper)")
+    add_config_flags(train, SweepConfig, choices=dict(
+        global_pool=GLOBAL_POOLS, local_pool=LOCAL_POOLS, mode=MODES, mapping=sorted(MAPPINGS),
+        first_layer_dtype=("float32", "bfloat16")), help=dict(
+        lr="Adam learning rate(s), comma list = grid", weight_decay="coupled L2, comma list",
+        seeds="runs per grid point", mode="mil, or instance (Table 4 'inf. only')",
+        bootstrap="bootstrap resamples for the 95%% intervals (0: none)"))
+    return p
+
+
+def resolve_store(args, parser) -> tuple[str, str, str]:
+    """(store path, cohort name, encoder name) from --store or --cohort/--encoder."""
+    given_extract = any(getattr(args, k, None) is not None for k in ("cohort", "encoder"))
+    if args.store and given_extract:
+        parser.error("give either --store or --cohort/--encoder, not both")
+    if args.store:
+        from milpf_jax.store import Store
+
+        attrs = Store.open(args.store).attrs
+        return args.store, str(attrs.get("cohort", "store")), str(attrs.get("encoder", "unknown"))
+    from milpf_jax.extract import ExtractConfig, ensure_store
+
+    xcfg = config_from_args(ExtractConfig, args, **(
+        {} if args.encoder else {"encoder": DEFAULT_ENCODER}))
+    spec = args.cohort or DEFAULT_COHORT
+    path = ensure_store(spec, xcfg, cache_dir(), progress=not args.quiet)
+    from milpf_jax.store import Store
+
+    return str(path), str(Store.open(path).attrs.get("cohort", spec)), xcfg.encoder
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_args(SweepConfig, args)
+    command = "python experiments/sweep.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    t0 = time.perf_counter()
+    store, cohort, encoder = resolve_store(args, parser)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = Path(args.out or Path("runs") / f"{cohort}-{encoder}-{stamp}")
+    results = run_sweep(store, cfg, out, command=command.strip(), progress=not args.quiet)
+    print(format_table(results))
+    print(f"\nwrote {out}/results.json, results.md, predictions.csv and best/ "
+          f"(total {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Command-line flags generated from frozen config dataclasses: one flag per field.
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, SweepConfig)
+    cfg = config_from_args(SweepConfig, parser.parse_args())
+
+Tuple fields take a comma list (`--lr 1e-3,2e-3`), booleans are switches, `X | None` fields
+accept a value or are left out. Help text shows the default, which reproduces the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _parse_tuple(item_type):
+    def parse(text: str):
+        try:
+            return tuple(item_type(x) for x in text.split(",") if x.strip())
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a comma list of {item_type.__name__}: "
+                                             f"{text!r}") from err
+
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip=(), choices=None,
+                     help=None) -> None:
+    """Add `--field-name` for every field of dataclass `cls` (except `skip`)."""
+    choices = choices or {}
+    help = help or {}
+    types = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        t = types[f.name]
+        default = f.default
+        args = typing.get_args(t)
+        text = help.get(f.name, "")
+        if t is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=f"{text} (default: {default})")
+            continue
+        if typing.get_origin(t) is tuple:
+            conv = _parse_tuple(args[0])
+            shown = ",".join(str(x) for x in default)
+        elif type(None) in args:  # Optional[X]
+            conv = next(a for a in args if a is not type(None))
+            shown = default
+        else:
+            conv = t
+            shown = default
+        parser.add_argument(flag, dest=f.name, type=conv, default=None,
+                            choices=choices.get(f.name), help=f"{text} (default: {shown})")
+
+
+def config_from_args(cls, args: argparse.Namespace, **overrides):
+    """The dataclass with every flag that was given; fields not given keep their defaults."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if getattr(args, f.name, None) is not None}
+    values.update(overrides)
+    return cls(**values)

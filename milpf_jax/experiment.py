@@ -1,0 +1,349 @@
+"""A head-training experiment on one store: train a grid, select on validation, test once.
+
+`run_sweep` is what `experiments/sweep.py` runs: it loads a store (label mapping and split seed
+applied), trains every (lr, weight decay, seed) run in one compiled program, picks the run with
+the best validation AUC, evaluates the test split once, and writes
+
+  results.json     versioned, machine-readable (see RESULTS_FORMAT_VERSION)
+  results.md       the table a person reads, with the command that made it
+  predictions.csv  bag, patient, split, label and p for the best run and for every run
+  best/            the best run's head (orbax checkpoint, loadable with milpf_jax.load_head)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from milpf_jax import __version__, labels, metrics
+from milpf_jax.head import HeadConfig
+
+RESULTS_FORMAT_VERSION = 1
+# The metrics shown in the printed table (all of metrics.evaluate go to results.json).
+TABLE_METRICS = ("auc", "bacc", "spec_at_sens90_roc", "spec_at_sens90_valthr",
+                 "sens_at_spec90_roc", "brier")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One experiment. Defaults reproduce the paper's full MIL-PF head and the original code's
+    training (Adam lr 2e-3, L2 1e-4, <= 700 epochs, patience 20); 36 runs (paper, section 3.1).
+
+    lr and weight_decay are tuples: more than one value makes a grid, trained in the same
+    program as the seeds. mode "instance" is the "inf. only" ablation (Table 4).
+    """
+
+    seeds: int = 36
+    epochs: int = 700
+    patience: int = 20
+    min_delta: float = 1e-3
+    lr: tuple[float, ...] = (2e-3,)
+    weight_decay: tuple[float, ...] = (1e-4,)
+    global_pool: str = "max"
+    local_pool: str = "attn"
+    mode: str = "mil"
+    mapping: str | None = None
+    split_seed: int = 0
+    init_seed: int = 0
+    first_layer_dtype: str = "float32"
+    bootstrap: int = 1000
+    allow_partial: bool = False
+
+    def replace(self, **changes) -> SweepConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def train_config(cfg: SweepConfig, dim: int):
+    from milpf_jax.train import TrainConfig
+
+    head = HeadConfig(dim=dim, global_pool=cfg.global_pool, local_pool=cfg.local_pool,
+                      first_layer_dtype=cfg.first_layer_dtype)
+    return TrainConfig(head=head, epochs=cfg.epochs, patience=cfg.patience,
+                       min_delta=cfg.min_delta, mode=cfg.mode)
+
+
+def _evaluate_split(y, p, y_val, p_val, name):
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"the {name} split has labels {sorted(set(y.tolist()))} only: its "
+                         "metrics need both classes (try another --split-seed)")
+    return metrics.evaluate(y, p, y_val=y_val, p_val=p_val)
+
+
+def evaluate_runs(probs: np.ndarray, packed, val_probs: np.ndarray | None = None):
+    """Validation and test metrics of every run. probs: [R, B] over packed's bags.
+
+    Thresholds are fixed on each run's own validation predictions. With `val_probs` [R, Bv]
+    (an external test cohort), packed is all test and val_probs fix the thresholds.
+    """
+    val = packed.splits == labels.VAL
+    test = packed.splits == labels.TEST
+    y = packed.labels.astype(int)
+    out = []
+    for r in range(len(probs)):
+        if val_probs is None:
+            yv, pv = y[val], probs[r, val]
+            row = dict(val=_evaluate_split(yv, pv, yv, pv, "validation"),
+                       test=_evaluate_split(y[test], probs[r, test], yv, pv, "test"))
+        else:
+            yv, pv = val_probs
+            row = dict(test=_evaluate_split(y, probs[r], yv, pv[r], "test"))
+        out.append(row)
+    return out
+
+
+def summarize(run_metrics: list[dict], split: str = "test") -> dict:
+    """Mean and (sample) standard deviation across runs of every metric of a split."""
+    keys = run_metrics[0][split].keys()
+    summary = {}
+    for k in keys:
+        v = np.array([m[split][k] for m in run_metrics], np.float64)
+        summary[k] = dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+    return summary
+
+
+def best_with_ci(y, p, patient_ids, y_val, p_val, *, n_boot, seed=0):
+    """The best run's test metrics, each with a 95% patient-clustered bootstrap interval."""
+    point = metrics.evaluate(y, p, y_val=y_val, p_val=p_val)
+    ci = metrics.bootstrap_ci(y, p, patient_ids, metrics.BOOTSTRAP_METRICS, y_val=y_val,
+                              p_val=p_val, n_boot=n_boot, seed=seed) if n_boot else {}
+    return {k: dict(value=v, ci95=list(ci[k]) if k in ci else None) for k, v in point.items()}
+
+
+def write_predictions(path: Path, packed, probs: np.ndarray, best: int) -> None:
+    """One row per bag: ids, split, raw and mapped label, p of the best run and of every run."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["bag_id", "patient_id", "split", "raw_label", "label", "p_best"]
+                   + [f"p_run{r:03d}" for r in range(len(probs))])
+        for b in range(packed.n_bags):
+            w.writerow([packed.bag_ids[b], packed.patient_ids[b],
+                        labels.SPLIT_NAMES[packed.splits[b]], packed.raw_labels[b],
+                        int(packed.labels[b]), f"{probs[best, b]:.6f}"]
+                       + [f"{x:.6f}" for x in probs[:, b]])
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o)}")
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def environment() -> dict:
+    import jax
+
+    return dict(package_version=__version__, jax=jax.__version__, python=platform.python_version(),
+                backend=jax.default_backend(), devices=[d.device_kind for d in jax.devices()])
+
+
+def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: bool = True):
+    """Train, select on validation, evaluate test once, write the run folder. Returns results."""
+    import jax
+
+    from milpf_jax.checkpoint import save_head
+    from milpf_jax.inference import Head
+    from milpf_jax.store import load_packed
+    from milpf_jax.train import bag_batch, fit, hparam_grid, make_train_data, predict_runs
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_load = time.perf_counter()
+    packed = load_packed(store, mapping=cfg.mapping, split_seed=cfg.split_seed,
+                         allow_partial=cfg.allow_partial)
+    load_seconds = time.perf_counter() - t_load
+    tcfg = train_config(cfg, packed.dim)
+    data = make_train_data(packed, tcfg)
+    keys, hp, table = hparam_grid(cfg.seeds, cfg.lr, cfg.weight_decay, seed=cfg.init_seed)
+    result = fit(keys, hp, data, tcfg, progress=progress)
+    state = jax.device_get(result.state)
+
+    # Selection reads validation only; the test split is evaluated once, below.
+    best = int(np.argmax(state.best_val_auc))
+    probs = predict_runs(result.state.best_params, bag_batch(packed), tcfg.head)  # [R, B]
+    run_metrics = evaluate_runs(probs, packed)
+    val = packed.splits == labels.VAL
+    test = packed.splits == labels.TEST
+    y = packed.labels.astype(int)
+    best_test = best_with_ci(y[test], probs[best, test], packed.patient_ids[test], y[val],
+                             probs[best, val], n_boot=cfg.bootstrap, seed=cfg.init_seed)
+    runs = [dict(t, best_epoch=int(state.best_epoch[r]),
+                 val_auc_during_training=float(state.best_val_auc[r]), **run_metrics[r])
+            for r, t in enumerate(table)]
+    store_attrs = packed.info["attrs"]
+    results = dict(
+        format_version=RESULTS_FORMAT_VERSION,
+        command=command,
+        config=dataclasses.asdict(cfg),
+        head=dataclasses.asdict(tcfg.head),
+        store=str(packed.info["store"]),
+        store_attrs=store_attrs,
+        data=dict(
+            mapping=packed.info["mapping"], split_seed=cfg.split_seed,
+            excluded_by_mapping=packed.info["excluded"], skipped_unfinished=packed.info["skipped"],
+            bags={s: int(np.sum(packed.splits == i)) for i, s in enumerate(labels.SPLIT_NAMES)},
+            positives={s: int(np.sum(packed.labels[packed.splits == i]))
+                       for i, s in enumerate(labels.SPLIT_NAMES)},
+            tiles=int(len(packed.tiles)), dim=int(packed.dim),
+        ),
+        runs=runs,
+        summary=summarize(run_metrics, "test"),
+        summary_val=summarize(run_metrics, "val"),
+        best=dict(run=best, **table[best], best_epoch=int(state.best_epoch[best]),
+                  val=run_metrics[best]["val"], test=best_test),
+        timing=dict(load_seconds=load_seconds, compile_seconds=result.compile_seconds,
+                    train_seconds=result.train_seconds, epochs_run=result.epochs_run,
+                    runs=len(table)),
+        environment=environment(),
+        metric_definitions=dict(
+            metrics.METRIC_DEFINITIONS,
+            ci95="95% percentile interval of a bootstrap over patients (all bags of a patient "
+                 "resampled together), thresholds fixed on validation.",
+            summary="Mean and sample standard deviation across all runs of the grid.",
+            best="The run with the highest validation AUC; its test metrics are read once.",
+        ),
+    )
+    write_predictions(out / "predictions.csv", packed, probs, best)
+    best_params = jax.tree_util.tree_map(lambda a: np.asarray(a[best]),
+                                         result.state.best_params)
+    save_head(out / "best", Head(params=best_params, config=tcfg.head.replace(
+        first_layer_dtype="float32")), metadata=dict(
+        store_attrs=store_attrs, seed=table[best]["seed"], lr=table[best]["lr"],
+        weight_decay=table[best]["weight_decay"], val_auc=float(state.best_val_auc[best]),
+        best_epoch=int(state.best_epoch[best]), mapping=packed.info["mapping"],
+        split_seed=cfg.split_seed, command=command))
+    write_json(out / "results.json", results)
+    (out / "results.md").write_text(format_markdown(results))
+    return results
+
+
+def _fmt_ci(entry) -> str:
+    v, ci = entry["value"], entry.get("ci95")
+    if ci is None or ci[0] is None or not np.isfinite(ci[0]):
+        return f"{v:.3f}"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def format_table(results: dict) -> str:
+    """Plain-text table: best-validation run (test, 95% CI) and mean +- std across runs."""
+    b = results["best"]
+    n = results["timing"]["runs"]
+    rows = [f"{'metric':<24} {'best-val run (test, 95% CI)':<30} {'all ' + str(n) + ' runs (test)':<18}"]
+    for k in TABLE_METRICS:
+        s = results["summary"][k]
+        rows.append(f"{k:<24} {_fmt_ci(b['test'][k]):<30} {s['mean']:.3f} ± {s['std']:.3f}")
+    d = results["data"]
+    head = results["head"]
+    rows.insert(0, (f"head: global={head['global_pool']} local={head['local_pool']}  "
+                    f"bags train/val/test = {d['bags']['train']}/{d['bags']['val']}/"
+                    f"{d['bags']['test']}  best run: seed {b['seed']}, lr {b['lr']:g}, "
+                    f"wd {b['weight_decay']:g}, epoch {b['best_epoch']}, "
+                    f"val AUC {b['val']['auc']:.3f}"))
+    return "\n".join(rows)
+
+
+def format_markdown(results: dict) -> str:
+    b = results["best"]
+    lines = [
+        "# MIL-PF sweep results",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Store: `{results['store']}` (encoder {results['store_attrs'].get('encoder')}, "
+        f"cohort {results['store_attrs'].get('cohort')}); mapping {results['data']['mapping']}, "
+        f"split seed {results['data']['split_seed']}; bags {results['data']['bags']}, "
+        f"positives {results['data']['positives']}.",
+        "",
+        f"Best validation run: seed {b['seed']}, lr {b['lr']:g}, weight decay "
+        f"{b['weight_decay']:g}, epoch {b['best_epoch']}, validation AUC {b['val']['auc']:.4f}.",
+        "",
+        f"| metric | best-val run, test [95% CI] | mean ± std over {results['timing']['runs']} "
+        "runs, test |",
+        "|---|---|---|",
+    ]
+    for k in TABLE_METRICS + ("bacc_oracle",):
+        s = results["summary"][k]
+        lines.append(f"| {k} | {_fmt_ci(b['test'][k])} | {s['mean']:.3f} ± {s['std']:.3f} |")
+    t = results["timing"]
+    lines += ["", f"Timing: compile {t['compile_seconds']:.1f} s, training "
+              f"{t['train_seconds']:.1f} s ({t['epochs_run']} epochs, {t['runs']} runs in one "
+              "program).", "", "Metric definitions:", ""]
+    lines += [f"- `{k}`: {v}" for k, v in results["metric_definitions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def read_validation_predictions(run_dir) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, p_best) of the validation bags of a finished run, from its predictions.csv."""
+    path = Path(run_dir) / "predictions.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a finished sweep folder (no predictions.csv)")
+    y, p = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["split"] == "val":
+                y.append(int(row["label"]))
+                p.append(float(row["p_best"]))
+    return np.array(y), np.array(p)
+
+
+def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partial=False,
+                      command=""):
+    """Apply a run's best head to every bag of another store (an external test cohort).
+
+    Thresholds stay those fixed on the run's own validation split. Returns a results dict
+    (best: test metrics with 95% CIs) and writes nothing.
+    """
+    from milpf_jax.checkpoint import load_head, read_metadata
+    from milpf_jax.store import load_packed
+    from milpf_jax.train import bag_batch, predict_runs
+
+    run_dir = Path(run_dir)
+    head = load_head(run_dir / "best")
+    meta = read_metadata(run_dir / "best")
+    packed = load_packed(store, mapping=mapping or meta.get("mapping"),
+                         allow_partial=allow_partial)
+    if packed.dim != head.dim:
+        raise ValueError(f"store {store} holds D={packed.dim} embeddings but the head in "
+                         f"{run_dir} was trained on D={head.dim}")
+    trained_on = meta.get("store_attrs", {})
+    attrs = packed.info["attrs"]
+    mismatch = {k: (trained_on.get(k), attrs.get(k)) for k in ("encoder", "preprocessing")
+                if trained_on.get(k) != attrs.get(k)}
+    if mismatch:
+        raise ValueError(f"store {store} was made with other settings than the head's training "
+                         f"store (trained, this): {mismatch}")
+    params = jax_tree_stack(head.params)
+    probs = predict_runs(params, bag_batch(packed), head.config)[0]
+    y_val, p_val = read_validation_predictions(run_dir)
+    y = packed.labels.astype(int)
+    return dict(
+        format_version=RESULTS_FORMAT_VERSION, command=command, run=str(run_dir),
+        store=str(packed.info["store"]), store_attrs=attrs, mapping=packed.info["mapping"],
+        data=dict(bags=int(packed.n_bags), positives=int(y.sum()),
+                  excluded_by_mapping=packed.info["excluded"]),
+        test=best_with_ci(y, probs, packed.patient_ids, y_val, p_val, n_boot=n_boot),
+        metric_definitions=metrics.METRIC_DEFINITIONS,
+    )
+
+
+def jax_tree_stack(params):
+    """Give every leaf a leading run axis of 1 (predict_runs expects one)."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[None], params)

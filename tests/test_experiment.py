@@ -1,0 +1,101 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import milpf_jax
+from milpf_jax.experiment import SweepConfig, evaluate_external, run_sweep
+from milpf_jax.synthetic import SyntheticConfig, write_synthetic_store
+
+SWEEP = dict(seeds=3, epochs=30, patience=10, bootstrap=200)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exp")
+    write_synthetic_store(root / "s.zarr", SyntheticConfig(n_bags=160, dim=16, max_tiles=24))
+    cfg = SweepConfig(lr=(2e-3, 1e-2), **SWEEP)
+    res = run_sweep(root / "s.zarr", cfg, root / "run", command="sweep test", progress=False)
+    return root, res
+
+
+def test_results_json_schema_and_honest_selection(finished_run):
+    root, res = finished_run
+    on_disk = json.loads((root / "run" / "results.json").read_text())
+    assert on_disk["format_version"] == 1 and on_disk["command"] == "sweep test"
+    for key in ("config", "store_attrs", "runs", "summary", "best", "timing",
+                "metric_definitions"):
+        assert key in on_disk
+    runs = on_disk["runs"]
+    assert len(runs) == 6 and {r["lr"] for r in runs} == {2e-3, 1e-2}
+    # The best run is the one with the highest validation AUC, whatever its test AUC.
+    val_aucs = [r["val"]["auc"] for r in runs]
+    assert on_disk["best"]["run"] == int(np.argmax(val_aucs))
+    assert on_disk["best"]["test"]["auc"]["value"] == pytest.approx(
+        runs[on_disk["best"]["run"]]["test"]["auc"])
+    for r in runs:  # validation AUC tracked in JAX equals the sklearn AUC of the best params
+        assert r["val"]["auc"] == pytest.approx(r["val_auc_during_training"], abs=1e-6)
+    lo, hi = on_disk["best"]["test"]["auc"]["ci95"]
+    assert lo <= on_disk["best"]["test"]["auc"]["value"] <= hi
+    test_aucs = np.array([r["test"]["auc"] for r in runs])
+    assert on_disk["summary"]["auc"]["mean"] == pytest.approx(test_aucs.mean())
+    assert on_disk["summary"]["auc"]["std"] == pytest.approx(test_aucs.std(ddof=1))
+    assert "bacc_oracle" in on_disk["metric_definitions"]
+    md = (root / "run" / "results.md").read_text()
+    assert "sweep test" in md and "| auc |" in md
+
+
+def test_predictions_and_checkpoint_agree(finished_run):
+    root, res = finished_run
+    with open(root / "run" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 160
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    best = res["best"]["run"]
+    assert all(r["p_best"] == r[f"p_run{best:03d}"] for r in rows)
+    head = milpf_jax.load_head(root / "run" / "best")
+    store = milpf_jax.Store.open(root / "s.zarr")
+    bag = store.read_bag(5)
+    p = milpf_jax.predict(head, milpf_jax.Bag(bag["global_emb"], np.ones(2, bool),
+                                              bag["tile_emb"], np.ones(len(bag["tile_emb"]),
+                                                                       bool)))
+    row = next(r for r in rows if r["bag_id"] == bag["bag_id"])
+    assert float(p) == pytest.approx(float(row["p_best"]), abs=2e-6)
+
+
+def test_external_cohort_uses_the_saved_head(finished_run, tmp_path):
+    root, res = finished_run
+    # Same task (lesion direction), other bags: the head transfers.
+    write_synthetic_store(tmp_path / "ext.zarr", SyntheticConfig(n_bags=80, dim=16,
+                                                                 max_tiles=24, seed=9))
+    ext = evaluate_external(root / "run", tmp_path / "ext.zarr", n_boot=100)
+    assert ext["data"]["bags"] == 80
+    assert ext["test"]["auc"]["value"] > 0.7
+    write_synthetic_store(tmp_path / "d8.zarr", SyntheticConfig(n_bags=20, dim=8))
+    with pytest.raises(ValueError, match="D=8 embeddings but the head .* D=16"):
+        evaluate_external(root / "run", tmp_path / "d8.zarr")
+
+
+def test_sweep_cli_flags(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sweep.py"
+    spec = importlib.util.spec_from_file_location("sweep_cli", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    parser = sweep.build_parser()
+    args = parser.parse_args(["--store", "x.zarr", "--lr", "1e-3,2e-3", "--seeds", "4",
+                              "--local-pool", "max"])
+    from milpf_jax.cli import config_from_args
+
+    cfg = config_from_args(SweepConfig, args)
+    assert cfg.lr == (1e-3, 2e-3) and cfg.seeds == 4 and cfg.local_pool == "max"
+    assert cfg.epochs == 700 and cfg.patience == 20 and cfg.weight_decay == (1e-4,)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--local-pool", "sum"])
+    write_synthetic_store(tmp_path / "s.zarr", SyntheticConfig(n_bags=120, dim=8, max_tiles=8))
+    rc = sweep.main(["--store", str(tmp_path / "s.zarr"), "--seeds", "2", "--epochs", "5",
+                     "--bootstrap", "50", "--quiet", "--out", str(tmp_path / "run")])
+    assert rc == 0 and (tmp_path / "run" / "results.json").exists()
