@@ -124,20 +124,24 @@ def test_fit_host_loop_equals_pure_train(grid):
     assert fitted.compile_seconds > 0 and fitted.train_seconds > 0
 
 
-def test_attention_beats_mean_pooling_on_planted_signal(packed):
+def test_attention_beats_mean_pooling_on_planted_signal(tmp_path):
+    # 1-3 lesion tiles among 16-64: mean pooling dilutes them, attention finds them.
+    write_synthetic_store(tmp_path / "s.zarr", SyntheticConfig(
+        n_bags=300, dim=32, min_tiles=16, max_tiles=64, tile_signal=0.7, seed=2))
+    packed = load_packed(tmp_path / "s.zarr")
     test = packed.split("test")
     aucs = {}
     for lp in ("attn", "mean"):
-        cfg = T.TrainConfig(head=HeadConfig(dim=24, global_pool="none", local_pool=lp),
+        cfg = T.TrainConfig(head=HeadConfig(dim=32, global_pool="none", local_pool=lp),
                             epochs=150, patience=30, chunk_epochs=50)
         data = T.make_train_data(packed, cfg)
-        keys, hp, _ = T.hparam_grid(6, [5e-3], [1e-4])
+        keys, hp, _ = T.hparam_grid(6, [1e-2], [1e-4])
         res = T.fit(keys, hp, data, cfg, progress=False)
-        best = int(np.argmax(res.state.best_val_auc))
+        best = int(np.argmax(res.state.best_val_auc))  # selected on validation
         probs = T.predict_runs(res.state.best_params, T.bag_batch(test), cfg.head)
         aucs[lp] = roc_auc_score(test.labels, probs[best])
-    assert aucs["attn"] > 0.85
-    assert aucs["attn"] > aucs["mean"] + 0.1, aucs
+    assert aucs["attn"] > 0.9
+    assert aucs["attn"] > aucs["mean"] + 0.15, aucs
 
 
 def test_instance_mode_trains_per_view(packed):
