@@ -391,16 +391,38 @@ def mias(directory: str | os.PathLike) -> Cohort:
     return Cohort(name="mias", label_kind="mias", bags=tuple(bags), lesions=tuple(lesions))
 
 
-def resolve_cohort(spec: str) -> Cohort:
-    """A cohort from a spec string: "path/to/manifest.csv" or "mias:DIR"."""
+def resolve_cohort(spec: str, *, cache_dir: str | os.PathLike | None = None) -> Cohort:
+    """A cohort from a spec string: "path/to/manifest.csv", "mias:DIR" or "phantom".
+
+    "phantom" is the default synthetic screening cohort (`milpf_jax.phantom`), written once to
+    <cache>/cohorts/phantom-<hash of its config>/ and reused after; the cache is `cache_dir`,
+    else $MILPF_CACHE, else ~/.cache/milpf-jax.
+    """
+    if spec == "phantom":
+        return _phantom(cache_dir)
     if spec.startswith("mias:") and spec[len("mias:") :]:
         return mias(spec[len("mias:") :])
     if spec.lower().endswith(".csv"):
         return read_manifest(spec)
     raise ValueError(
-        f"unknown cohort spec {spec!r}; expected a manifest path ending in .csv "
-        f"or 'mias:DIR' (a mini-MIAS folder)"
+        f"unknown cohort spec {spec!r}; expected a manifest path ending in .csv, "
+        f"'mias:DIR' (a mini-MIAS folder) or 'phantom'"
     )
+
+
+def _phantom(cache_dir) -> Cohort:
+    import dataclasses
+    import hashlib
+    import json
+
+    from milpf_jax.phantom import PHANTOM_VERSION, PhantomConfig, make_phantom_cohort
+
+    cfg = PhantomConfig()
+    text = json.dumps([PHANTOM_VERSION, dataclasses.asdict(cfg)], sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:10]
+    root = cache_dir or os.environ.get("MILPF_CACHE") or Path.home() / ".cache" / "milpf-jax"
+    manifest = make_phantom_cohort(Path(root).expanduser() / "cohorts" / f"phantom-{key}", cfg)
+    return dataclasses.replace(read_manifest(manifest), name="phantom")
 
 
 # Fallback when ViewPosition is empty: the View Code Sequence's meaning (DICOM CID 4014).
