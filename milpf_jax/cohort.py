@@ -396,10 +396,11 @@ def resolve_cohort(spec: str, *, cache_dir: str | os.PathLike | None = None) -> 
 
     "phantom" is the default synthetic screening cohort (`milpf_jax.phantom`), written once to
     <cache>/cohorts/phantom-<hash of its config>/ and reused after; the cache is `cache_dir`,
-    else $MILPF_CACHE, else ~/.cache/milpf-jax.
+    else $MILPF_CACHE, else ~/.cache/milpf-jax. "phantom:n_patients=8,rows=256" overrides
+    PhantomConfig fields (a quick cohort for tests and trials).
     """
-    if spec == "phantom":
-        return _phantom(cache_dir)
+    if spec == "phantom" or spec.startswith("phantom:"):
+        return _phantom(cache_dir, spec[len("phantom:"):] if ":" in spec else "")
     if spec.startswith("mias:") and spec[len("mias:") :]:
         return mias(spec[len("mias:") :])
     if spec.lower().endswith(".csv"):
@@ -410,14 +411,34 @@ def resolve_cohort(spec: str, *, cache_dir: str | os.PathLike | None = None) -> 
     )
 
 
-def _phantom(cache_dir) -> Cohort:
+def _phantom_config(overrides: str):
+    """PhantomConfig with "field=value,..." overrides, each cast to its field's type."""
+    import dataclasses
+
+    from milpf_jax.phantom import PhantomConfig
+
+    fields = {f.name: f for f in dataclasses.fields(PhantomConfig)}
+    values = {}
+    for item in filter(None, (x.strip() for x in overrides.split(","))):
+        name, _, value = item.partition("=")
+        if name not in fields or not value:
+            raise ValueError(f"phantom spec item {item!r}: expected FIELD=VALUE with FIELD one "
+                             f"of {sorted(fields)}")
+        default = fields[name].default
+        if isinstance(default, tuple):
+            raise ValueError(f"phantom spec: {name} cannot be set from a spec string")
+        values[name] = type(default)(value)
+    return PhantomConfig(**values)
+
+
+def _phantom(cache_dir, overrides: str = "") -> Cohort:
     import dataclasses
     import hashlib
     import json
 
-    from milpf_jax.phantom import PHANTOM_VERSION, PhantomConfig, make_phantom_cohort
+    from milpf_jax.phantom import PHANTOM_VERSION, make_phantom_cohort
 
-    cfg = PhantomConfig()
+    cfg = _phantom_config(overrides)
     text = json.dumps([PHANTOM_VERSION, dataclasses.asdict(cfg)], sort_keys=True)
     key = hashlib.sha256(text.encode()).hexdigest()[:10]
     root = cache_dir or os.environ.get("MILPF_CACHE") or Path.home() / ".cache" / "milpf-jax"

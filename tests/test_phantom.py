@@ -27,7 +27,8 @@ from milpf_jax.phantom import (
 REPO = Path(__file__).resolve().parents[1]
 # 256 x 208 px at 0.8 mm is a full-size (205 x 166 mm) detector at a quarter of the resolution,
 # so lesion sizes in mm keep their meaning; 3 patients = 6 bags, 12 views.
-TINY = PhantomConfig(n_patients=3, rows=256, cols=208, pixel_spacing_mm=0.8, seed=7)
+TINY = PhantomConfig(n_patients=3, rows=256, cols=208, pixel_spacing_mm=0.8, seed=7,
+                     benign_fraction=0.1)
 
 
 @pytest.fixture(scope="module")

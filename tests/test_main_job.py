@@ -1,0 +1,75 @@
+"""The main job's code path end to end on a small phantom: DICOMs -> store -> 36-seed-style
+training -> results, through experiments/sweep.py exactly as the README's command runs it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import milpf_jax
+
+SPEC = "phantom:n_patients=24,rows=256,cols=208,pixel_spacing_mm=0.8"
+
+
+def load_script(name):
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("main")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MILPF_CACHE", str(root / "cache"))
+    sweep = load_script("sweep")
+    args = ["--cohort", SPEC, "--seeds", "4", "--epochs", "20", "--bootstrap", "50", "--quiet"]
+    assert sweep.main(args + ["--out", str(root / "run")]) == 0
+    yield root, sweep, args
+    mp.undo()
+
+
+def test_main_job_writes_results_from_real_dicoms(main_job):
+    root, _, _ = main_job
+    res = json.loads((root / "run" / "results.json").read_text())
+    attrs = res["store_attrs"]
+    assert attrs["encoder"] == "efficientnet-lite0" and attrs["cohort"] == "phantom"
+    assert attrs["label_kind"] == "birads" and attrs["dim"] == 1280
+    assert res["data"]["mapping"] == "birads"
+    assert sum(res["data"]["bags"].values()) + sum(res["data"]["excluded_by_mapping"].values()) \
+        == 48
+    assert set(res["data"]["excluded_by_mapping"]) <= {"2", "3"}
+    assert len(res["runs"]) == 4 and res["best"]["test"]["auc"]["value"] >= 0
+    head = milpf_jax.load_head(root / "run" / "best")
+    assert head.dim == 1280
+    store = milpf_jax.Store.open(res["store"])
+    assert (store.status() == 1).all()
+    boxes = store.array("tile_boxes")
+    mask = store.array("tiles_mask")
+    shapes = store.array("view_shape")
+    assert mask.sum() > 0
+    for b, t in zip(*np.nonzero(mask)):  # every tile box lies inside its source image
+        v, y0, x0, y1, x1 = boxes[b, t]
+        rows, cols = shapes[b, v]
+        assert 0 <= y0 < y1 <= rows and 0 <= x0 < x1 <= cols
+
+
+def test_second_run_reuses_the_store(main_job, monkeypatch):
+    root, sweep, args = main_job
+    store_path = json.loads((root / "run" / "results.json").read_text())["store"]
+    before = {p: p.stat().st_mtime_ns for p in Path(store_path).rglob("*") if p.is_file()}
+    import milpf_jax.encoders as encoders
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the store is complete: no encoder should be loaded")
+
+    monkeypatch.setattr(encoders, "get_encoder", no_encoder)
+    assert sweep.main(args + ["--out", str(root / "run2"), "--local-pool", "max"]) == 0
+    after = {p: p.stat().st_mtime_ns for p in Path(store_path).rglob("*") if p.is_file()}
+    assert before == after
+    res2 = json.loads((root / "run2" / "results.json").read_text())
+    assert res2["head"]["local_pool"] == "max" and res2["store"] == store_path
