@@ -18,6 +18,11 @@ Writes DIR/results.json, DIR/results.md, DIR/predictions.csv and DIR/best/ (the 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # allocator and XLA settings, before jax loads (milpf_jax.runtime)
+    from milpf_jax.runtime import configure_process
+
+    configure_process()
+
 import argparse
 import os
 import shlex

@@ -1,0 +1,91 @@
+"""Process settings that must precede the process (or jax's import) for fast CPU training.
+
+Measured in experiments/benchmark.py ("process settings" table): on a 2-core CPU, XLA frees and
+re-allocates hundreds of MB per training step, and page faults ate a large share of the step;
+glibc's allocator keeps that memory with the settings below. glibc reads GLIBC_TUNABLES only at
+process start, so `configure_process()` re-executes the script once with it set. XLA aborts on an
+unknown flag, so the XLA flag is probed once per jaxlib version (in a subprocess) before use.
+
+Call it first thing in an entry point, before anything imports jax:
+
+    from milpf_jax.runtime import configure_process
+    configure_process()
+
+Set MILPF_NO_TUNING=1 to leave the process as it is.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                  "glibc.malloc.trim_threshold=68719476736")
+# Stops XLA:CPU's YNNPACK fusions from materialising broadcasts in reductions.
+XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-reduce",)
+_MARK = "MILPF_TUNED"
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("MILPF_CACHE", Path.home() / ".cache" / "milpf-jax"))
+    return root / "xla_flags.json"
+
+
+def _jaxlib_version() -> str | None:
+    try:
+        return importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def supported_xla_flags(flags=XLA_CPU_FLAGS) -> list[str]:
+    """The flags this jaxlib accepts, probed in a subprocess once and cached per version."""
+    version = _jaxlib_version()
+    if version is None:
+        return []
+    cache = _cache_file()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    key = f"{version}|{' '.join(flags)}"
+    if key not in known:
+        ok = []
+        for flag in flags:
+            env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS="cpu")
+            probe = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.zeros(1)"],
+                                   env=env, capture_output=True, timeout=120)
+            if probe.returncode == 0:
+                ok.append(flag)
+        known[key] = ok
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only home only costs a probe next time
+    return known[key]
+
+
+def configure_process() -> None:
+    """Re-exec once with GLIBC_TUNABLES and XLA_FLAGS set (Linux/glibc, CPU); else no-op."""
+    if os.environ.get("MILPF_NO_TUNING") or os.environ.get(_MARK):
+        return
+    if not sys.platform.startswith("linux") or "jax" in sys.modules:
+        return
+    env = dict(os.environ)
+    env[_MARK] = "1"
+    if not env.get("GLIBC_TUNABLES"):
+        env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+    flags = env.get("XLA_FLAGS", "")
+    extra = [f for f in supported_xla_flags() if f.split("=")[0] not in flags]
+    if extra:
+        env["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
