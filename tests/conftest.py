@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -28,3 +31,13 @@ def embeddings_for(plan, dim, seed):
 @pytest.fixture
 def plans():
     return make_plans()
+
+
+REPO = Path(__file__).resolve().parents[1]
+# mini-MIAS is never copied into the repository: tests read it from beside the checkout.
+MIAS_DIR = Path(os.environ.get("MILPF_MIAS_DIR", REPO.parent / "shared" / "data" / "mias-dev"))
+needs_mias = pytest.mark.skipif(
+    not (MIAS_DIR / "images").is_dir(),
+    reason=f"mini-MIAS folder not found at {MIAS_DIR}; set MILPF_MIAS_DIR to a folder holding "
+    "images/mdbNNN.png",
+)

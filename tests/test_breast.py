@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,13 +21,7 @@ from milpf_jax.breast import (
 )
 from milpf_jax.imaging import MammoImage, read_image
 
-REPO = Path(__file__).resolve().parents[1]
-MIAS_DIR = Path(os.environ.get("MILPF_MIAS_DIR", REPO.parent / "shared" / "data" / "mias-dev"))
-needs_mias = pytest.mark.skipif(
-    not (MIAS_DIR / "images").is_dir(),
-    reason=f"mini-MIAS folder not found at {MIAS_DIR}; set MILPF_MIAS_DIR to a folder holding "
-    "images/mdbNNN.png",
-)
+from conftest import MIAS_DIR, needs_mias
 
 
 def image(pixels, flipped=False, spacing=None, path="synthetic.dcm") -> MammoImage:

@@ -48,6 +48,7 @@ from milpf_jax.imaging import read_image
 from milpf_jax.store import DONE, FAILED, PENDING, Store, StoreMismatch
 
 REPO = Path(__file__).resolve().parents[1]
+# Not from conftest: the kill tests import this file in a bare subprocess.
 MIAS_DIR = Path(os.environ.get("MILPF_MIAS_DIR", REPO.parent / "shared" / "data" / "mias-dev"))
 needs_mias = pytest.mark.skipif(
     not (MIAS_DIR / "images").is_dir(),

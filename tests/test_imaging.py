@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, g
 
 from milpf_jax.imaging import ExcludedView, ImageReadError, read_image
 
-REPO = Path(__file__).resolve().parents[1]
-MIAS_DIR = Path(os.environ.get("MILPF_MIAS_DIR", REPO.parent / "shared" / "data" / "mias-dev"))
-needs_mias = pytest.mark.skipif(
-    not (MIAS_DIR / "images").is_dir(),
-    reason=f"mini-MIAS folder not found at {MIAS_DIR}; set MILPF_MIAS_DIR to a folder holding "
-    "images/mdbNNN.png",
-)
+from conftest import MIAS_DIR, needs_mias
 
 MG_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
