@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = p.add_argument_group("training (defaults reproduce the paper)")
     add_config_flags(train, SweepConfig, choices=dict(
         global_pool=GLOBAL_POOLS, local_pool=LOCAL_POOLS, mode=MODES, mapping=sorted(MAPPINGS),
-        first_layer_dtype=("float32", "bfloat16")), help=dict(
+        first_layer_dtype=("auto", "float32", "bfloat16")), help=dict(
         lr="Adam learning rate(s), comma list = grid", weight_decay="coupled L2, comma list",
         seeds="runs per grid point", mode="mil, or instance (Table 4 'inf. only')",
         bootstrap="bootstrap resamples for the 95%% intervals (0: none)"))

@@ -53,7 +53,7 @@ class SweepConfig:
     mapping: str | None = None
     split_seed: int = 0
     init_seed: int = 0
-    first_layer_dtype: str = "float32"
+    first_layer_dtype: str = "auto"  # bfloat16 where native (f32 accumulation), else float32
     bootstrap: int = 1000
     allow_partial: bool = False
 
@@ -64,8 +64,13 @@ class SweepConfig:
 def train_config(cfg: SweepConfig, dim: int):
     from milpf_jax.train import TrainConfig
 
+    dtype = cfg.first_layer_dtype
+    if dtype == "auto":
+        from milpf_jax.runtime import default_first_layer_dtype
+
+        dtype = default_first_layer_dtype()
     head = HeadConfig(dim=dim, global_pool=cfg.global_pool, local_pool=cfg.local_pool,
-                      first_layer_dtype=cfg.first_layer_dtype)
+                      first_layer_dtype=dtype)
     return TrainConfig(head=head, epochs=cfg.epochs, patience=cfg.patience,
                        min_delta=cfg.min_delta, mode=cfg.mode)
 

@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
@@ -89,3 +90,36 @@ def configure_process() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AMX or AVX512-BF16).
+
+    Measured on a 2-core AMD EPYC with avx512_bf16 and no AMX: EfficientNet-Lite0, batch 32 at
+    224 px, channels-last, went from about 35 to 88 tiles/s under bf16 autocast; AMX CPUs gain
+    more. Without either flag, bf16 is emulated and slower than float32.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass  # not Linux: fall through to float32
+    return False
+
+
+def default_first_layer_dtype() -> str:
+    """bfloat16 (f32 accumulation) where the hardware computes it natively, else float32.
+
+    On the phantom, 36 seeds' test AUCs with a bf16 first layer stayed within noise of f32
+    (README, "Performance"), and bf16 halves the first layer's memory traffic; on a CPU without
+    native bf16 it would be emulated and slower.
+    """
+    import jax
+
+    if jax.default_backend() in ("gpu", "tpu"):
+        return "bfloat16"
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"

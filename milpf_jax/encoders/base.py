@@ -8,34 +8,15 @@ family treats its input the same way.
 from __future__ import annotations
 
 import contextlib
-from functools import lru_cache
 
 import numpy as np
 
 from milpf_jax.encoders import PRECISIONS, EncoderSpec
+from milpf_jax.runtime import cpu_has_fast_bf16
 
 # Tiles come from a float resize of [0, 1] images; bicubic or Lanczos kernels overshoot a
 # little, so allow that much before calling the input out of range (0-255 data fails loudly).
 RANGE_TOLERANCE = 0.05
-
-
-@lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AMX or AVX512-BF16).
-
-    Measured on a 2-core AMD EPYC with avx512_bf16 and no AMX: EfficientNet-Lite0, batch 32 at
-    224 px, channels-last, went from about 35 to 88 tiles/s under bf16 autocast; AMX CPUs gain
-    more. Without either flag, bf16 is emulated and slower than float32.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass  # not Linux: fall through to float32
-    return False
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
