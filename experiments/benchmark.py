@@ -531,7 +531,7 @@ def summarise(report: dict, cfg: bench.BenchConfig) -> dict:
         rows.append(dict(
             row=row_id, name=name, library=lib, first_layer_dtype=dtype,
             shipped_default=row_id == "5" and dtype == shipped,
-            seconds=r["seconds"], min_seconds=r["min_seconds"],
+            seconds=r["seconds"], median_seconds=r["median_seconds"],
             compile_seconds=r.get("compile_seconds"), first_epoch_seconds=r["first_epoch_seconds"],
             first_layer_tflops=tflops,
             roofline_fraction=tflops / rates[f"best_{dtype}"] if rates.get(f"best_{dtype}")
@@ -723,8 +723,9 @@ def format_tables(report: dict) -> str:
         f"{', '.join(f'{x:.1f}' for x in report['load_average_after'])}.",
         f"Shapes: {tr['bags']} training bags, {tr['tiles']} training tiles (val "
         f"{shapes['splits']['val']['bags']} bags), D={cfg['dim']}, {cfg['n_views']} views, "
-        f"R={cfg['seeds']} runs; {cfg['timed_epochs']} timed epochs after compile + 1 warm-up "
-        f"(median). Shipped first-layer dtype: {report['shipped_first_layer_dtype']}.",
+        f"R={cfg['seeds']} runs; {cfg['timed_epochs']} timed epochs after compile + 1 warm-up, "
+        "the fastest shown (other processes only add time; medians in benchmark.json). "
+        f"Shipped first-layer dtype: {report['shipped_first_layer_dtype']}.",
         "",
         "| row | what | first layer | s / epoch (all runs) | compile s | first epoch s | vs (1) "
         "| vs (2) | first-layer TFLOP/s | of roofline |",
