@@ -15,10 +15,6 @@ import dataclasses
 import typing
 
 
-def _field_types(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
 def _parse_tuple(item_type):
     def parse(text: str):
         try:
@@ -35,7 +31,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip=(), choices=N
     """Add `--field-name` for every field of dataclass `cls` (except `skip`)."""
     choices = choices or {}
     help = help or {}
-    types = _field_types(cls)
+    types = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue

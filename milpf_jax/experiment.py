@@ -314,6 +314,8 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
     Thresholds stay those fixed on the run's own validation split. Returns a results dict
     (best: test metrics with 95% CIs) and writes nothing.
     """
+    import jax
+
     from milpf_jax.checkpoint import load_head, read_metadata
     from milpf_jax.store import load_packed
     from milpf_jax.train import bag_batch, predict_runs
@@ -333,7 +335,7 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
     if mismatch:
         raise ValueError(f"store {store} was made with other settings than the head's training "
                          f"store (trained, this): {mismatch}")
-    params = jax_tree_stack(head.params)
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)  # a run axis
     probs = predict_runs(params, bag_batch(packed), head.config)[0]
     y_val, p_val = read_validation_predictions(run_dir)
     y = packed.labels.astype(int)
@@ -346,9 +348,3 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
         metric_definitions=metrics.METRIC_DEFINITIONS,
     )
 
-
-def jax_tree_stack(params):
-    """Give every leaf a leading run axis of 1 (predict_runs expects one)."""
-    import jax
-
-    return jax.tree_util.tree_map(lambda a: np.asarray(a)[None], params)

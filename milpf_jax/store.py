@@ -287,8 +287,9 @@ class Store:
         v = int(self._g["global_mask"][b].sum())
         t = int(self._g["tiles_mask"][b].sum())
         global_emb = np.asarray(global_emb)
-        tile_emb = np.asarray(tile_emb).reshape(-1, self.dim) if np.size(tile_emb) == 0 \
-            else np.asarray(tile_emb)
+        tile_emb = np.asarray(tile_emb)
+        if tile_emb.size == 0:  # any empty shape stands for a bag without tiles
+            tile_emb = tile_emb.reshape(0, self.dim)
         for what, arr, rows in (("global", global_emb, v), ("tile", tile_emb, t)):
             if arr.shape != (rows, self.dim):
                 raise ValueError(

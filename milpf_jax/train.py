@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from milpf_jax.head import HeadConfig, MILPFHead
+from milpf_jax.head import HeadConfig, MILPFHead, init_params
 from milpf_jax.metrics import auc_jax
 
 MODES = ("mil", "instance")
@@ -152,8 +152,6 @@ def val_auc(params, batch: BagBatch, head: HeadConfig):
 
 
 def init_state(key, hparams: Hparams, data: TrainData, cfg: TrainConfig) -> TrainState:
-    from milpf_jax.head import init_params
-
     params = init_params(key, cfg.head)
     opt_state = _optimizer(hparams).init(params)
     return TrainState(
@@ -244,7 +242,7 @@ def as_instances(batch: BagBatch, head: HeadConfig) -> BagBatch:
     """Each view (global-only head) or tile (local-only head) as its own bag, with its bag's
     label: the "inference only" ablation trains on these and pools only at inference."""
     views, vmask = np.asarray(batch.views), np.asarray(batch.views_mask)
-    labels, weights = np.asarray(batch.labels), np.asarray(batch.weights)
+    labels = np.asarray(batch.labels)
     if head.local_pool == "none":
         b, v, d = views.shape
         inst_labels = np.repeat(labels, v)
