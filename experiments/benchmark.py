@@ -229,6 +229,29 @@ def worker_tricks(spec: dict, cfg: bench.BenchConfig) -> dict:
     return out
 
 
+def worker_step(spec: dict, cfg: bench.BenchConfig) -> dict:
+    """(5) in the shipped first-layer dtype with the step's code tricks of one variant
+    (bench.STEP_VARIANTS) switched on or off."""
+    import jax.numpy as jnp
+
+    from milpf_jax import head
+    from milpf_jax import train as T
+
+    variant = bench.STEP_VARIANTS[spec["variant"]]
+    head.HAND_WRITTEN_GRADIENT = variant["hand"]  # read when the step is traced, below
+    packed = _load_data(spec, cfg)
+    keys, hp = bench.run_grid(cfg.seeds, cfg)
+    dtype = _shipped_dtype()
+    tcfg = _train_config(cfg, dtype)
+    data_dtype = {"float32": jnp.float32, None: None}[variant["data"]]
+    data = T.make_train_data(packed, tcfg, dtype=data_dtype, block=variant["block"])
+    r = bench.measure_vmapped(data, tcfg, keys, hp, cfg.timed_epochs)
+    r.pop("state")
+    return dict(_jax_context(), variant=spec["variant"], **variant,
+                row=dict(r, data_dtype=_data_dtype(data), first_layer_dtype=dtype,
+                         train_slots=int(data.train.tiles.shape[0])))
+
+
 def worker_seeds(spec: dict, cfg: bench.BenchConfig) -> dict:
     packed = _load_data(spec, cfg)
     dtype = _shipped_dtype()
@@ -335,7 +358,7 @@ def _plain(x):
 
 WORKERS = dict(torch=worker_torch, jax=worker_jax, baselines=worker_baselines,
                tricks=worker_tricks, seeds=worker_seeds, bags=worker_bags, shard=worker_shard,
-               fit=worker_fit)
+               fit=worker_fit, step=worker_step)
 
 
 def run_worker(spec_path: str) -> int:
@@ -471,6 +494,8 @@ def run_all(cfg: bench.BenchConfig, out: Path, work: Path, *, command: str) -> d
         workers["baselines"] = run("baselines", "baselines", tricks_on)
     report["tricks"] = {v: run("tricks", f"tricks-{v}", jax_env(TRICKS[v]))
                         for v in cfg.trick_variants}
+    report["step_variants"] = [run("step", f"step-{i}", tricks_on, variant=v)
+                               for i, v in enumerate(cfg.step_variants)]
     if cfg.scaling_seeds:
         workers["seeds"] = run("seeds", "scaling-seeds", tricks_on)
     report["scaling_bags"] = []
@@ -772,6 +797,17 @@ def format_tables(report: dict) -> str:
                   "| settings | f32 | bf16 first layer |", "|---|---|---|"]
         for t in report["tricks_table"]:
             lines.append(f"| {t['variant']} | {_f(t['float32'])} | {_f(t['bfloat16'])} |")
+    variants = [v for v in report.get("step_variants", []) if v]
+    if variants:
+        base = variants[0]["row"]["seconds"]
+        lines += ["", f"The step's code, one trick at a time ((5), "
+                      f"{variants[0]['row']['first_layer_dtype']} first layer, fresh process "
+                      "each, process settings on):", "",
+                  "| step | s / epoch | vs the first | compile s |", "|---|---|---|---|"]
+        for v in variants:
+            r = v["row"]
+            lines.append(f"| {v['variant']} | {_f(r['seconds'])} | "
+                         f"{_f(base / r['seconds'])}x | {_f(r['compile_seconds'])} |")
     if report["scaling_seeds_table"]:
         lines += ["", "Scaling of (5) over runs:", "", "| runs | s / epoch | compile s |",
                   "|---|---|---|"]
@@ -827,6 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scaling", action="store_true", help="skip both scaling tables")
     p.add_argument("--no-tricks", action="store_true",
                    help="skip the process-settings comparison (GLIBC_TUNABLES, XLA_FLAGS)")
+    p.add_argument("--no-step-variants", action="store_true",
+                   help="skip the comparison of the step's code tricks (hand-written VJP, "
+                   "16-tile blocks, embeddings in the first layer's dtype)")
     p.add_argument("--fit", action="store_true",
                    help="also run full sweeps (train.fit, early stopping) in f32 and bf16")
     p.add_argument("--worker-spec", help=argparse.SUPPRESS)
@@ -844,6 +883,8 @@ def config_from_args(args) -> bench.BenchConfig:
         changes.update(scaling_seeds=(), scaling_bags=())
     if args.no_tricks:
         changes.update(trick_variants=())
+    if args.no_step_variants:
+        changes.update(step_variants=())
     if args.fit and not cfg.fit_dtypes:
         changes.update(fit_dtypes=("float32", "bfloat16"))
     return cfg.replace(**changes)

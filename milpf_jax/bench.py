@@ -44,6 +44,20 @@ CPU_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512_vnni", "
 HIDDEN = 16
 
 
+# What the code of (5)'s step does, one trick added at a time (each measured in a fresh process,
+# shipped first-layer dtype): the gradient of the attention pooling by autodiff or written by
+# hand (head.attention_stream), tiles packed or in 16-tile blocks (train.bag_batch), the
+# embeddings held in float32 or in the first layer's dtype.
+STEP_VARIANTS = {
+    "autodiff, packed tiles, f32 embeddings": dict(hand=False, block=1, data="float32"),
+    "hand-written VJP, packed tiles, f32 embeddings": dict(hand=True, block=1, data="float32"),
+    "hand-written VJP, 16-tile blocks, f32 embeddings": dict(hand=True, block=16,
+                                                              data="float32"),
+    "hand-written VJP, 16-tile blocks, embeddings in the first layer's dtype (shipped)":
+        dict(hand=True, block=16, data=None),
+}
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """One benchmark scale. The defaults are issue 6's CPU setting: 2,000 bags, 0-256 tiles
@@ -82,11 +96,15 @@ class BenchConfig:
     weight_decay: float = 1e-4
     compile_cache: bool = False
     extra_xla_flags: tuple[str, ...] = ()
+    step_variants: tuple[str, ...] = tuple(STEP_VARIANTS)
 
     def __post_init__(self):
         bad_rows = sorted(set(self.rows) - {"1", "2", "3", "4", "5"})
         if bad_rows:
             raise ValueError(f"rows {bad_rows}: choose from 1-5")
+        bad_variants = sorted(set(self.step_variants) - set(STEP_VARIANTS))
+        if bad_variants:
+            raise ValueError(f"step variants {bad_variants}: choose from {list(STEP_VARIANTS)}")
         if self.data_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"data_dtype {self.data_dtype!r}: float32|bfloat16")
         if self.timed_epochs < 1 or self.seeds < 1:
@@ -110,6 +128,7 @@ SCALES = {
     # Its scaling entries repeat the main shapes, so the shared compile cache serves them.
     "quick": BenchConfig(n_bags=200, dim=64, max_tiles=64, seeds=4, timed_epochs=2,
                          scaling_seeds=(4,), scaling_bags=(200,), trick_variants=("none",),
+                         step_variants=tuple(STEP_VARIANTS)[:1],
                          compile_cache=True,
                          extra_xla_flags=("--xla_backend_optimization_level=0",)),
     "cpu": BenchConfig(),
@@ -117,7 +136,7 @@ SCALES = {
     # 36 x 700-epoch sweep with early stopping. (3) and (4) are left out: (4) would pad to
     # 300 tiles per bag and (3) only repeats (5)'s arithmetic 36 times.
     "embed": BenchConfig(n_bags=50_000, max_tiles=300, rows=("1", "2", "5"), scaling_seeds=(),
-                         scaling_bags=(), trick_variants=(), shard_devices=0,
+                         scaling_bags=(), trick_variants=(), step_variants=(), shard_devices=0,
                          fit_dtypes=("bfloat16", "float32"), data_dtype="bfloat16",
                          in_memory=True),
 }
@@ -635,24 +654,6 @@ def run_grid(seeds: int, cfg: BenchConfig):
     return keys, hp
 
 
-def shard_over_runs(tree, devices):
-    """Place a tree with a leading run axis split over `devices` (a 1-D Mesh named "runs")."""
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.asarray(devices), ("runs",))
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("runs")))
-
-
-def replicate(tree, devices):
-    """Place a tree whole on every device of `devices` (the data, shared by all runs)."""
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.asarray(devices), ("runs",))
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
 def measure_vmapped(data, train_cfg, keys, hparams, epochs: int, *, devices=None) -> dict:
     """Row (5): `epoch_step` vmapped over runs, compiled once; one warm-up epoch, then
     `epochs` timed epochs. With `devices`, runs are sharded over them and the data replicated.
@@ -667,7 +668,9 @@ def measure_vmapped(data, train_cfg, keys, hparams, epochs: int, *, devices=None
                             in_axes=(0, 0, None)))
     state = init(keys, hparams, data)
     if devices is not None:
-        state, data = shard_over_runs(state, devices), replicate(data, devices)
+        from milpf_jax.sharding import place
+
+        state, data = place(state, data, devices, "runs")
     step = jax.jit(jax.vmap(functools.partial(T.epoch_step, cfg=train_cfg), in_axes=(0, None)))
     t0 = time.perf_counter()
     compiled = step.lower(state, data).compile()

@@ -10,12 +10,21 @@ operation. A padded batch [B, T, D] goes through the same code after `pad_to_pac
 
 The model returns `(logit, aux)`: aux["attn"] [N] is each tile's attention weight (zero for
 padding), so explanation needs no second forward path.
+
+Speed (issue 6, measured in experiments/benchmark.py): the local attention stream, where almost
+all the work is, runs through `attention_stream`, whose gradient is written by hand
+(`jax.custom_vjp`): autodiff of the segment softmax kept large per-tile intermediates and
+scattered over every tile. When the trainer lays the tiles out in blocks of TILE_BLOCK (each
+bag's tiles padded with invalid tiles to a multiple of it, `block_bag` naming each block's
+bag), the softmax and pooling reduce inside each block densely and only one value per block is
+scattered to its bag.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -81,12 +90,7 @@ class Linear(nn.Module):
         fan_in = x.shape[-1]
         kernel = self.param("kernel", torch_linear_init(fan_in), (fan_in, self.features))
         bias = self.param("bias", torch_linear_init(fan_in), (self.features,))
-        if self.compute_dtype == "bfloat16":
-            y = jnp.dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
-                        preferred_element_type=jnp.float32)
-        else:
-            y = jnp.dot(x.astype(jnp.float32), kernel)
-        return y + bias
+        return _first_layer(x, kernel, bias, self.compute_dtype)
 
 
 class StreamMLP(nn.Module):
@@ -167,19 +171,134 @@ def _pool_segments(kind, h, seg, valid, num_segments, attention=None):
     raise ValueError(kind)
 
 
+TILE_BLOCK = 16  # tiles per block in the trainer's layout (see `attention_stream`)
+# False routes the attention pooling through autodiff of StreamMLP + `_pool_segments` instead of
+# `attention_stream`: same values, the slower gradient. For the benchmark's comparison; read when
+# a head is traced.
+HAND_WRITTEN_GRADIENT = True
+
+
+def _first_layer(x, kernel, bias, dtype):
+    """x @ kernel + bias in `dtype` (float32 or bfloat16), accumulated in float32."""
+    if dtype == "bfloat16":
+        y = jnp.dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
+                    preferred_element_type=jnp.float32)
+    else:
+        y = jnp.dot(x.astype(jnp.float32), kernel)
+    return y + bias
+
+
+def _stream_tail(a, proj, attn):
+    """From the first layer's pre-activations a [K, L, 16] to the tiles' second-layer features
+    q [K, L, 8] and attention scores s [K, L]. The key layer folds into one vector:
+    (q Wk + bk) . z / sqrt(8) = q . (Wk z) / sqrt(8) + bk . z / sqrt(8)."""
+    h = jax.nn.relu(a)
+    pre2 = h @ proj["1"]["kernel"] + proj["1"]["bias"]
+    q = jax.nn.relu(pre2)
+    scale = jnp.sqrt(jnp.float32(attn["latent"].shape[0]))
+    key_vec = attn["k"]["kernel"] @ attn["latent"] / scale
+    s = q @ key_vec + attn["k"]["bias"] @ attn["latent"] / scale
+    return h, pre2, q, key_vec, s
+
+
+def _block_softmax(s, block_bag, valid, num_bags):
+    """Softmax of s [K, L] within each bag (blocks of L tiles, block_bag [K]) over valid tiles;
+    invalid tiles and empty bags get weight 0."""
+    masked = jnp.where(valid, s, -jnp.inf)
+    m = jax.ops.segment_max(jnp.max(masked, axis=1), block_bag, num_bags)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)[block_bag]
+    e = jnp.where(valid, jnp.exp(jnp.where(valid, s - m[:, None], 0.0)), 0.0)
+    denom = jax.ops.segment_sum(jnp.sum(e, axis=1), block_bag, num_bags)
+    return e / jnp.where(denom > 0, denom, 1.0)[block_bag][:, None]
+
+
+def _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype):
+    k = block_bag.shape[0]
+    length = tiles.shape[0] // k if k else 1  # tiles per block
+    valid = tile_valid.reshape(k, length)
+    a = _first_layer(tiles, proj["0"]["kernel"], proj["0"]["bias"], dtype)
+    a = a.reshape(k, length, a.shape[-1])  # [K, L, 16]
+    _, _, q, _, s = _stream_tail(a, proj, attn)
+    w = _block_softmax(s, block_bag, valid, num_bags)
+    pooled = jax.ops.segment_sum(jnp.einsum("kl,klf->kf", w, q), block_bag, num_bags)
+    weight_sum = jax.ops.segment_sum(jnp.sum(w, axis=1), block_bag, num_bags)  # 1, or 0 if empty
+    local = pooled @ attn["v"]["kernel"] + weight_sum[:, None] * attn["v"]["bias"]
+    residuals = (proj, attn, tiles, block_bag, a, w, pooled, weight_sum)
+    return (local, w.reshape(-1)), residuals
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def attention_stream(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype):
+    """The local stream with latent-attention pooling: StreamMLP on every tile, then
+    softmax(z K^T / sqrt(8)) V within each bag. Same values as `StreamMLP` + `_pool_segments`
+    ("attn"), with a hand-written gradient.
+
+    proj, attn: the `local_proj` and `local_attn` parameters. tiles [N, D]; block_bag [K] with
+    N = K * L: tiles come in K blocks of L consecutive tiles that belong to one bag (L = 1: any
+    packing, block_bag = tile_bag). tile_valid [N]. Returns (local [num_bags, 8], weights [N]).
+    The tiles get no gradient (they are data).
+    """
+    return _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype)[0]
+
+
+def _attention_stream_fwd(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype):
+    return _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype)
+
+
+def _attention_stream_bwd(num_bags, dtype, residuals, cotangents):
+    proj, attn, tiles, block_bag, a, w, pooled, weight_sum = residuals
+    d_local, d_weights = cotangents
+    k, length = w.shape
+    # Recomputed from the first layer's output rather than kept: cheap, and less memory.
+    h, pre2, q, key_vec, _ = _stream_tail(a, proj, attn)
+    wv, bv = attn["v"]["kernel"], attn["v"]["bias"]
+    d_pooled = (d_local @ wv.T)[block_bag]  # [K, 8]
+    d_weight_sum = (d_local @ bv)[block_bag]  # [K]
+    # Through the softmax: ds = w * (dw - sum_bag(w * dw)).
+    dw = jnp.einsum("klf,kf->kl", q, d_pooled) + d_weight_sum[:, None] + d_weights.reshape(k, length)
+    w_dw = jax.ops.segment_sum(jnp.sum(w * dw, axis=1), block_bag, num_bags)[block_bag]
+    ds = w * (dw - w_dw[:, None])
+    dq = w[..., None] * d_pooled[:, None, :] + ds[..., None] * key_vec
+    d_key_vec, d_shift = jnp.einsum("kl,klf->f", ds, q), jnp.sum(ds)
+    z, wk, bk = attn["latent"], attn["k"]["kernel"], attn["k"]["bias"]
+    scale = jnp.sqrt(jnp.float32(z.shape[0]))
+    d_pre2 = jnp.where(pre2 > 0, dq, 0.0)
+    da = jnp.where(a > 0, d_pre2 @ proj["1"]["kernel"].T, 0.0).reshape(k * length, a.shape[-1])
+    # The weight gradient of the first layer: one [16, N] x [N, D] GEMM per run.
+    if dtype == "bfloat16":
+        d_w1 = jnp.dot(da.T.astype(jnp.bfloat16), tiles.astype(jnp.bfloat16),
+                       preferred_element_type=jnp.float32).T
+    else:
+        d_w1 = jnp.dot(da.T, tiles.astype(jnp.float32)).T
+    d_proj = {
+        "0": {"kernel": d_w1, "bias": jnp.sum(da, axis=0)},
+        "1": {"kernel": jnp.einsum("klh,klf->hf", h, d_pre2), "bias": jnp.sum(d_pre2, (0, 1))},
+    }
+    d_attn = {
+        "latent": (wk.T @ d_key_vec + d_shift * bk) / scale,
+        "k": {"kernel": jnp.outer(d_key_vec, z) / scale, "bias": d_shift * z / scale},
+        "v": {"kernel": pooled.T @ d_local, "bias": weight_sum @ d_local},
+    }
+    return d_proj, d_attn, None, None, None
+
+
+attention_stream.defvjp(_attention_stream_fwd, _attention_stream_bwd)
+
+
 class MILPFHead(nn.Module):
     """MIL-PF head over a batch of B bags.
 
     Call with views [B, V, D], views_mask [B, V], tiles [N, D], tile_bag [N] int32 (bag of each
-    tile), tile_valid [N] bool. Returns (logit [B] float32, aux) with aux["attn"] [N] (tile
-    weights; zeros unless local_pool is attn or mean), aux["view_attn"] [B, V],
-    aux["global"] [B, 8], aux["local"] [B, 8].
+    tile), tile_valid [N] bool; optionally block_bag [K] (N = K * L: blocks of L consecutive
+    tiles of one bag, see `attention_stream`). Returns (logit [B] float32, aux) with
+    aux["attn"] [N] (tile weights; zeros unless local_pool is attn or mean), aux["view_attn"]
+    [B, V], aux["global"] [B, 8], aux["local"] [B, 8].
     """
 
     config: HeadConfig
 
     @nn.compact
-    def __call__(self, views, views_mask, tiles, tile_bag, tile_valid):
+    def __call__(self, views, views_mask, tiles, tile_bag, tile_valid, block_bag=None):
         cfg = self.config
         b = views.shape[0]
         feats, aux = [], {}
@@ -200,7 +319,17 @@ class MILPFHead(nn.Module):
                 g = jnp.einsum("bv,bvf->bf", w, vals)
             feats.append(g)
             aux["global"], aux["view_attn"] = g, w
-        if cfg.local_pool != "none":
+        if cfg.local_pool == "attn" and HAND_WRITTEN_GRADIENT and not self.is_initializing():
+            # The parameters are the ones StreamMLP and LatentAttention declare below (at init).
+            params = self.variables["params"]
+            loc, w = attention_stream(
+                params["local_proj"], params["local_attn"], tiles,
+                tile_bag if block_bag is None else block_bag, tile_valid, b,
+                cfg.first_layer_dtype,
+            )
+            feats.append(loc)
+            aux["local"], aux["attn"] = loc, w
+        elif cfg.local_pool != "none":
             mlp = StreamMLP(cfg.hidden, cfg.proj, cfg.first_layer_dtype, name="local_proj")
             ht = mlp(tiles)  # [N, 8]: the first layer sees real (packed) tiles only
             attention = LatentAttention(cfg.proj, name="local_attn") \

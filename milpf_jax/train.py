@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from milpf_jax.head import HeadConfig, MILPFHead, init_params
+from milpf_jax.head import TILE_BLOCK, HeadConfig, MILPFHead, init_params
 from milpf_jax.metrics import auc_jax
 
 MODES = ("mil", "instance")
@@ -73,7 +73,11 @@ class Hparams(NamedTuple):
 
 class BagBatch(NamedTuple):
     """B bags, tiles packed: views [B, V, D], views_mask [B, V], tiles [N, D], tile_bag [N],
-    tile_valid [N], labels [B] float32, weights [B] float32 (loss weight; 0 = not a sample)."""
+    tile_valid [N], labels [B] float32, weights [B] float32 (loss weight; 0 = not a sample).
+
+    block_bag [K] (optional): the tiles come in K blocks of N / K consecutive tiles of one bag
+    (`bag_batch` pads each bag with invalid tiles to a multiple of head.TILE_BLOCK), which
+    the head's attention pooling uses to reduce densely inside blocks. None: any packing."""
 
     views: jax.Array
     views_mask: jax.Array
@@ -82,6 +86,7 @@ class BagBatch(NamedTuple):
     tile_valid: jax.Array
     labels: jax.Array
     weights: jax.Array
+    block_bag: jax.Array | None = None
 
     @property
     def n_bags(self) -> int:
@@ -130,7 +135,7 @@ def forward(params, batch: BagBatch, head: HeadConfig):
     """Logits [B] and aux of a head on a batch (one run; vmap for many)."""
     return MILPFHead(head).apply(
         {"params": params}, batch.views, batch.views_mask, batch.tiles, batch.tile_bag,
-        batch.tile_valid,
+        batch.tile_valid, batch.block_bag,
     )
 
 
@@ -224,18 +229,47 @@ def class_weights(labels: np.ndarray) -> np.ndarray:
     return (n / (2.0 * counts))[labels].astype(np.float32)
 
 
-def bag_batch(packed, *, weights=None, dtype=jnp.float32) -> BagBatch:
-    """A BagBatch (device arrays) from PackedBags; weights default to 1 per bag."""
+def bag_batch(packed, *, weights=None, dtype=jnp.float32, block: int = TILE_BLOCK) -> BagBatch:
+    """A BagBatch (device arrays) from PackedBags; weights default to 1 per bag.
+
+    With block > 1 each bag's tiles are padded with invalid (zero) tiles to a multiple of
+    `block` and the batch says which bag each block belongs to (`block_bag`): the layout the
+    head's attention pooling is fastest on. block=1 keeps the real tiles only.
+    """
     w = np.ones(packed.n_bags, np.float32) if weights is None else weights
+    tile_bag = np.asarray(packed.tile_bag, np.int32)
+    tiles, tile_valid, block_bag = packed.tiles, np.ones(len(tile_bag), bool), None
+    if block > 1:
+        tiles, tile_bag, tile_valid, block_bag = _in_blocks(tiles, tile_bag, packed.n_bags, block)
     return BagBatch(
         views=jnp.asarray(packed.views, dtype),
         views_mask=jnp.asarray(packed.views_mask),
-        tiles=jnp.asarray(packed.tiles, dtype),
-        tile_bag=jnp.asarray(packed.tile_bag, jnp.int32),
-        tile_valid=jnp.ones(len(packed.tile_bag), bool),
+        tiles=jnp.asarray(tiles, dtype),
+        tile_bag=jnp.asarray(tile_bag),
+        tile_valid=jnp.asarray(tile_valid),
         labels=jnp.asarray(packed.labels, jnp.float32),
         weights=jnp.asarray(w, jnp.float32),
+        block_bag=None if block_bag is None else jnp.asarray(block_bag),
     )
+
+
+def _in_blocks(tiles, tile_bag, n_bags: int, block: int):
+    """Tiles packed bag after bag (tile_bag sorted) -> each bag padded to a multiple of `block`
+    with zero tiles. Returns (tiles, tile_bag, tile_valid, block_bag)."""
+    if len(tile_bag) and np.any(np.diff(tile_bag) < 0):
+        raise ValueError("tiles must be packed bag after bag (tile_bag sorted) to form blocks")
+    counts = np.bincount(tile_bag, minlength=n_bags)
+    blocks = -(-counts // block)  # per bag
+    first_tile = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    first_slot = np.concatenate([[0], np.cumsum(blocks)[:-1]]) * block
+    slot = first_slot[tile_bag] + np.arange(len(tile_bag)) - first_tile[tile_bag]
+    n_slots = int(blocks.sum()) * block
+    out = np.zeros((n_slots, tiles.shape[1]), tiles.dtype)
+    out[slot] = tiles
+    valid = np.zeros(n_slots, bool)
+    valid[slot] = True
+    block_bag = np.repeat(np.arange(n_bags, dtype=np.int32), blocks)
+    return out, np.repeat(block_bag, block), valid, block_bag
 
 
 def as_instances(batch: BagBatch, head: HeadConfig) -> BagBatch:
@@ -256,17 +290,17 @@ def as_instances(batch: BagBatch, head: HeadConfig) -> BagBatch:
             labels=jnp.asarray(inst_labels),
             weights=jnp.asarray(_instance_weights(inst_labels, inst_mask)),
         )
-    tile_bag = np.asarray(batch.tile_bag)
-    n, d = batch.tiles.shape
-    inst_labels = labels[tile_bag]
-    return BagBatch(
-        views=jnp.zeros((n, 1, d), batch.views.dtype),
-        views_mask=jnp.zeros((n, 1), bool),
-        tiles=batch.tiles,
+    valid = np.asarray(batch.tile_valid)
+    inst_labels = labels[np.asarray(batch.tile_bag)[valid]]
+    n, d = len(inst_labels), batch.tiles.shape[1]
+    return BagBatch(  # real tiles only (no padding blocks); no views: the global stream is off
+        views=jnp.zeros((n, 0, d), batch.views.dtype),
+        views_mask=jnp.zeros((n, 0), bool),
+        tiles=batch.tiles[np.flatnonzero(valid)],
         tile_bag=jnp.arange(n, dtype=jnp.int32),
-        tile_valid=batch.tile_valid,
+        tile_valid=jnp.ones(n, bool),
         labels=jnp.asarray(inst_labels),
-        weights=jnp.asarray(_instance_weights(inst_labels, np.asarray(batch.tile_valid))),
+        weights=jnp.asarray(_instance_weights(inst_labels, np.ones(n, bool))),
     )
 
 
@@ -276,24 +310,38 @@ def _instance_weights(labels, present):
     return w
 
 
-def make_train_data(packed, cfg: TrainConfig, *, dtype=jnp.float32) -> TrainData:
-    """Train and validation bags of a PackedBags (the test split never enters training)."""
+def make_train_data(packed, cfg: TrainConfig, *, dtype=None, block: int = TILE_BLOCK
+                    ) -> TrainData:
+    """Train and validation bags of a PackedBags (the test split never enters training).
+
+    dtype: the embeddings' dtype in memory; by default bfloat16 when the head's first layer
+    computes in bfloat16 (it rounds them to that anyway: half the memory, no cast per step),
+    else float32. block: see `bag_batch`.
+    """
+    if dtype is None:
+        dtype = jnp.bfloat16 if cfg.head.first_layer_dtype == "bfloat16" else jnp.float32
     tr, va = packed.split("train"), packed.split("val")
+    info = packed.info
+    # Which data and settings gave these splits, so the message says what to change.
+    where = (f"store {info.get('store')}, mapping {info.get('mapping')!r}, split seed "
+             f"{info.get('split_seed')}: bags train/val/test = "
+             f"{'/'.join(str(int(np.sum(packed.splits == i))) for i in range(3))}, left out "
+             f"by the mapping {info.get('excluded', {})}")
     if tr.n_bags == 0:
-        raise ValueError("the training split is empty: no bags to train on")
+        raise ValueError(f"the training split is empty: no bags to train on ({where})")
     if va.n_bags == 0 or len(np.unique(va.labels)) < 2:
         raise ValueError(
             f"the validation split has {va.n_bags} bags with labels "
             f"{sorted(set(va.labels.tolist()))}: validation AUC needs both classes "
-            "(try another --split-seed, or give splits in the manifest)"
+            f"(try another --split-seed, or give splits in the manifest; {where})"
         )
     if packed.dim != cfg.head.dim:
         raise ValueError(f"embeddings have D={packed.dim} but the head expects "
                          f"dim={cfg.head.dim}")
-    train_batch = bag_batch(tr, weights=class_weights(tr.labels), dtype=dtype)
+    train_batch = bag_batch(tr, weights=class_weights(tr.labels), dtype=dtype, block=block)
     if cfg.mode == "instance":
         train_batch = as_instances(train_batch, cfg.head)
-    return TrainData(train=train_batch, val=bag_batch(va, dtype=dtype))
+    return TrainData(train=train_batch, val=bag_batch(va, dtype=dtype, block=block))
 
 
 def hparam_grid(seeds: int, learning_rates, weight_decays, *, seed: int = 0):
@@ -322,18 +370,28 @@ class FitResult(NamedTuple):
     epochs_run: int
 
 
-def fit(keys, hparams: Hparams, data: TrainData, cfg: TrainConfig, *, progress=True) -> FitResult:
+def fit(keys, hparams: Hparams, data: TrainData, cfg: TrainConfig, *, progress=True,
+        shard: str = "auto", devices=None) -> FitResult:
     """The host loop: compile one chunk of epochs once, run chunks until every run stopped.
 
     Equal to `train` vmapped (a stopped run no longer changes), but it stops early, shows
     progress, and reports compile and training time apart. Raises if a loss goes non-finite,
     naming the runs and the epoch.
+
+    shard: how to use several devices (`devices`, default all; see milpf_jax.sharding):
+    "runs" splits the runs over them, "tiles" splits the tiles, "none" stays on one device,
+    "auto" splits the runs when there are several devices and they divide the runs evenly.
     """
     t0 = time.perf_counter()
     n = min(cfg.chunk_epochs, cfg.epochs)
     init = jax.jit(jax.vmap(partial(init_state, cfg=cfg), in_axes=(0, 0, None)))
     chunk = jax.jit(jax.vmap(partial(run_epochs, cfg=cfg, n_epochs=n), in_axes=(0, None)))
     state = init(keys, hparams, data)
+    axis = _shard_axis(shard, len(keys), devices)
+    if axis is not None:
+        from milpf_jax.sharding import place
+
+        state, data = place(state, data, devices, axis)
     compiled = chunk.lower(state, data).compile()
     jax.block_until_ready(state)
     compile_seconds = time.perf_counter() - t0
@@ -364,6 +422,17 @@ def fit(keys, hparams: Hparams, data: TrainData, cfg: TrainConfig, *, progress=T
     epochs_run = min(done, cfg.epochs)
     history = History(*(a[:, :epochs_run] for a in history))
     return FitResult(state, history, compile_seconds, train_seconds, epochs_run)
+
+
+def _shard_axis(shard: str, runs: int, devices) -> str | None:
+    if shard not in ("auto", "runs", "tiles", "none"):
+        raise ValueError(f"shard {shard!r}: choose auto, runs, tiles or none")
+    n_devices = len(jax.devices() if devices is None else devices)
+    if shard == "none" or n_devices == 1:
+        return None
+    if shard == "auto":
+        return "runs" if runs % n_devices == 0 else None
+    return shard
 
 
 def _check_finite(hist: History, first_epoch: int):

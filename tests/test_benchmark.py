@@ -106,8 +106,14 @@ def test_quick_tables_tricks_scaling_and_markdown(quick):
     assert bags[0]["train_tiles"] == report["shapes"]["splits"]["train"]["tiles"]
     assert report["flop_count"]["first_layer_per_epoch"] == bench.first_layer_flops(
         4, 16, 64, report["shapes"]["splits"]["train"]["tiles"])
+    # The step's code variants: quick runs the first (autodiff, packed tiles) only.
+    (variant,) = report["step_variants"]
+    assert variant["hand"] is False and variant["block"] == 1
+    assert _positive(variant["row"]["seconds"]) and variant["row"]["data_dtype"] == "float32"
+    assert variant["row"]["train_slots"] == report["shapes"]["splits"]["train"]["tiles"]
     md = (out / "benchmark.md").read_text()
     assert "| (5) | ours" in md and "roofline" in md and md in stdout
+    assert f"| {variant['variant']} |" in md
 
 
 # -- the pieces -------------------------------------------------------------------------------

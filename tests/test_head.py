@@ -148,3 +148,103 @@ def test_config_refuses_bad_settings():
         HeadConfig(global_pool="sum")
     with pytest.raises(ValueError, match="at least one stream"):
         HeadConfig(global_pool="none", local_pool="none")
+
+
+# --- the hand-written gradient of the attention stream (issue 6) ---------------------------------
+
+
+def autodiff_attention_stream(proj, attn, tiles, tile_bag, tile_valid, num_bags, dtype):
+    """The same stream through flax modules and autodiff: the reference for the custom VJP."""
+    from milpf_jax.head import LatentAttention, StreamMLP, _pool_segments
+
+    h = StreamMLP(16, 8, dtype).apply({"params": proj}, tiles)
+    attention = LatentAttention(8).bind({"params": attn})
+    return _pool_segments("attn", h, tile_bag, tile_valid, num_bags, attention)
+
+
+def ragged_bags(seed, counts, d=24):
+    """Packed tiles of bags with the given tile counts (0 and 1 included), values spread wide
+    enough that ReLUs and the softmax both matter."""
+    rng = np.random.default_rng(seed)
+    tile_bag = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    tiles = (3 * rng.standard_normal((len(tile_bag), d))).astype(np.float32)
+    return tiles, tile_bag
+
+
+@pytest.mark.parametrize("block", [1, 16])
+def test_attention_stream_gradient_equals_autodiff(block):
+    from milpf_jax.head import attention_stream
+    from milpf_jax.train import _in_blocks
+
+    counts = [0, 1, 5, 16, 17, 40, 0, 3]
+    tiles, tile_bag = ragged_bags(0, counts)
+    params = init_params(jax.random.key(3), HeadConfig(dim=tiles.shape[1]))
+    proj, attn = params["local_proj"], params["local_attn"]
+    nb = len(counts)
+    ref_inputs = (jnp.asarray(tiles), jnp.asarray(tile_bag), jnp.ones(len(tile_bag), bool))
+    if block == 1:
+        x, tb, valid, block_bag = tiles, tile_bag, np.ones(len(tile_bag), bool), tile_bag
+    else:
+        x, tb, valid, block_bag = _in_blocks(tiles, tile_bag, nb, block)
+        assert len(x) == 16 * sum(-(-c // 16) for c in counts) and valid.sum() == len(tiles)
+    # A loss that uses both outputs, so both cotangents flow.
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((nb, 8)), jnp.float32)
+
+    def loss_ours(proj, attn):
+        local, w = attention_stream(proj, attn, jnp.asarray(x), jnp.asarray(block_bag),
+                                    jnp.asarray(valid), nb, "float32")
+        return jnp.sum(jnp.tanh(local) * cot) + jnp.sum(w[jnp.asarray(valid)] ** 2)
+
+    def loss_ref(proj, attn):
+        local, w = autodiff_attention_stream(proj, attn, *ref_inputs, nb, "float32")
+        return jnp.sum(jnp.tanh(local) * cot) + jnp.sum(w ** 2)
+
+    v_ours, g_ours = jax.value_and_grad(loss_ours, argnums=(0, 1))(proj, attn)
+    v_ref, g_ref = jax.value_and_grad(loss_ref, argnums=(0, 1))(proj, attn)
+    np.testing.assert_allclose(v_ours, v_ref, rtol=1e-6)
+    flat_ours = jax.tree_util.tree_leaves_with_path(g_ours)
+    flat_ref = jax.tree_util.tree_leaves_with_path(g_ref)
+    assert [p for p, _ in flat_ours] == [p for p, _ in flat_ref] and len(flat_ref) == 9
+    for (path, g), (_, ref) in zip(flat_ours, flat_ref, strict=True):
+        ref = np.asarray(ref)
+        if jax.tree_util.keystr(path).endswith("['k']['bias']"):
+            # A shift of every score of a bag leaves its softmax unchanged: zero up to rounding.
+            assert np.abs(g).max() < 1e-6 and np.abs(ref).max() < 1e-6
+            continue
+        assert np.abs(ref).max() > 1e-4
+        np.testing.assert_allclose(g, ref, rtol=2e-4, atol=1e-6 * np.abs(ref).max() + 1e-9,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_blocked_and_packed_batches_give_the_same_head_and_gradient():
+    from milpf_jax.train import BagBatch, loss_fn
+
+    counts = [3, 0, 20, 1, 33, 8]
+    tiles, tile_bag = ragged_bags(2, counts, d=12)
+    nb = len(counts)
+    rng = np.random.default_rng(5)
+    views = jnp.asarray(rng.standard_normal((nb, 2, 12)), jnp.float32)
+    common = dict(views=views, views_mask=jnp.ones((nb, 2), bool),
+                  labels=jnp.asarray([0, 1, 1, 0, 1, 0], jnp.float32), weights=jnp.ones(nb))
+    packed = BagBatch(tiles=jnp.asarray(tiles), tile_bag=jnp.asarray(tile_bag),
+                      tile_valid=jnp.ones(len(tiles), bool), **common)
+    from milpf_jax.train import _in_blocks
+
+    x, tb, valid, block_bag = _in_blocks(tiles, tile_bag, nb, 16)
+    blocked = BagBatch(tiles=jnp.asarray(x), tile_bag=jnp.asarray(tb),
+                       tile_valid=jnp.asarray(valid), block_bag=jnp.asarray(block_bag), **common)
+    cfg = HeadConfig(dim=12)
+    params = init_params(jax.random.key(0), cfg)
+    l_packed, g_packed = jax.value_and_grad(loss_fn)(params, packed, cfg)
+    l_blocked, g_blocked = jax.value_and_grad(loss_fn)(params, blocked, cfg)
+    np.testing.assert_allclose(l_blocked, l_packed, rtol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                           g_blocked, g_packed)
+    # The attention weights come back per slot: the real tiles' weights, zeros for padding.
+    _, aux_p = MILPFHead(cfg).apply({"params": params}, views, common["views_mask"],
+                                    packed.tiles, packed.tile_bag, packed.tile_valid)
+    _, aux_b = MILPFHead(cfg).apply({"params": params}, views, common["views_mask"],
+                                    blocked.tiles, blocked.tile_bag, blocked.tile_valid,
+                                    blocked.block_bag)
+    np.testing.assert_allclose(np.asarray(aux_b["attn"])[valid], aux_p["attn"], rtol=1e-5)
+    assert not np.asarray(aux_b["attn"])[~valid].any()

@@ -167,3 +167,34 @@ def test_bad_splits_are_refused(packed):
         T.make_train_data(packed.subset(packed.splits != 0), cfg)
     with pytest.raises(ValueError, match="D=24 but the head expects dim=32"):
         T.make_train_data(packed, T.TrainConfig(head=HeadConfig(dim=32)))
+
+
+def test_bag_batch_lays_tiles_out_in_blocks_of_16(packed):
+    batch = T.bag_batch(packed)
+    counts = np.bincount(packed.tile_bag, minlength=packed.n_bags)
+    blocks = -(-counts // 16)
+    assert batch.block_bag.shape == (blocks.sum(),) and batch.tiles.shape[0] == 16 * blocks.sum()
+    np.testing.assert_array_equal(batch.block_bag, np.repeat(np.arange(packed.n_bags), blocks))
+    np.testing.assert_array_equal(batch.tile_bag, np.repeat(np.asarray(batch.block_bag), 16))
+    valid = np.asarray(batch.tile_valid)
+    # Each bag's real tiles come first in its blocks, in their order; padding is zeros.
+    np.testing.assert_array_equal(np.asarray(batch.tiles)[valid], packed.tiles)
+    assert not np.asarray(batch.tiles)[~valid].any()
+    np.testing.assert_array_equal(np.asarray(batch.tile_bag)[valid], packed.tile_bag)
+    plain = T.bag_batch(packed, block=1)
+    assert plain.block_bag is None and plain.tiles.shape == packed.tiles.shape
+    with pytest.raises(ValueError, match="bag after bag"):
+        T._in_blocks(packed.tiles[::-1], packed.tile_bag[::-1], packed.n_bags, 16)
+
+
+def test_bf16_first_layer_keeps_embeddings_in_bf16_and_instances_drop_padding(packed):
+    bf16 = T.make_train_data(packed, small_cfg().replace(
+        head=HeadConfig(dim=24, first_layer_dtype="bfloat16")))
+    assert bf16.train.tiles.dtype == jnp.bfloat16 and bf16.val.views.dtype == jnp.bfloat16
+    assert T.make_train_data(packed, small_cfg()).train.tiles.dtype == jnp.float32
+    head = HeadConfig(dim=24, global_pool="none")
+    inst = T.make_train_data(packed, T.TrainConfig(head=head, mode="instance")).train
+    tr = packed.split("train")
+    assert inst.n_bags == len(tr.tile_bag) and inst.block_bag is None
+    np.testing.assert_array_equal(inst.labels, tr.labels[tr.tile_bag])
+    np.testing.assert_array_equal(inst.tiles, tr.tiles)
