@@ -15,12 +15,21 @@ to `<step>` only once every file is written, and the older step is deleted only 
 rename, so a save killed half-way leaves the previous step intact and loadable (the next save
 clears the leftover tmp folder). Two steps are kept. Restoring needs no template from the
 caller: the config in the JSON rebuilds one with `jax.eval_shape`.
+
+Corruption: orbax checksums its index but not the array data stored out of line (a flipped
+byte in a large kernel loads silently), so the JSON also holds `params_sha256`, the SHA-256 of
+the float32 params, and `sha256`, that of the JSON item itself; both are checked on load (when
+present: checkpoints written before they were added load unchecked). A corrupt, foreign or
+incomplete step raises ValueError naming its folder and, when there is one, the older step that
+`step=` can load instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import json
 import numbers
 from pathlib import Path
 
@@ -35,15 +44,61 @@ FORMAT_VERSION = 1
 MAX_TO_KEEP = 2  # the new step plus the last good one, so a killed save never loses a head
 PARAMS, HEAD = "params", "head"
 _TMP_MARK = ".orbax-checkpoint-tmp"
+# Files at the top of one orbax checkpoint (a step, or one item of it): a head checkpoint
+# directory holds only numbered step folders (and tmp folders of unfinished saves).
+_ORBAX_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt")
+
+
+def _named_leaves(tree) -> list[tuple[str, object]]:
+    """[('global_proj/0/kernel', leaf), ...] of a params pytree, in tree order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [
+        ("/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path), leaf)
+        for path, leaf in flat
+    ]
 
 
 def _param_shapes(tree) -> dict[str, tuple]:
     """{'global_proj/0/kernel': shape, ...} for a params pytree (arrays or ShapeDtypeStructs)."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {
-        "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): tuple(leaf.shape)
-        for path, leaf in flat
-    }
+    return {name: tuple(leaf.shape) for name, leaf in _named_leaves(tree)}
+
+
+def _params_digest(params) -> str:
+    """SHA-256 over the names, shapes and little-endian float32 bytes of every leaf."""
+    h = hashlib.sha256()
+    for name, leaf in sorted(_named_leaves(params), key=lambda item: item[0]):
+        value = np.ascontiguousarray(leaf, dtype="<f4")
+        h.update(f"{name}{list(value.shape)};".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def _item_digest(item: dict) -> str:
+    """SHA-256 of the JSON item without its own `sha256` field (canonical JSON)."""
+    text = json.dumps({k: v for k, v in item.items() if k != "sha256"}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _not_steps(path: Path) -> str | None:
+    """Why `path` is one orbax checkpoint rather than a directory of head steps; None if not."""
+    if path.name in (PARAMS, HEAD) and path.parent.name.isdigit() and (path.parent / HEAD).is_dir():
+        return (
+            f"{path} is the '{path.name}' item of the head checkpoint step {path.parent}; "
+            f"point at {path.parent.parent} (or at the step folder)"
+        )
+    found = [name for name in _ORBAX_FILES if (path / name).exists()]
+    if found:
+        return (
+            f"{path} is not a MIL-PF head checkpoint directory: it is itself one orbax "
+            f"checkpoint (it holds {found}), while save_head writes numbered step folders"
+        )
+    return None
+
+
+def _older_hint(mngr, step: int) -> str:
+    """'; step=N ...' naming the newest step older than `step`, or '' when there is none."""
+    older = [s for s in sorted(mngr.all_steps()) if s < step]
+    return f"; an older step can be loaded with step={older[-1]}" if older else ""
 
 
 def _shape_differences(found: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
@@ -143,22 +198,30 @@ def _read_head_json(mngr, root: Path, step: int) -> dict:
         raise ValueError(
             f"{where} is not a MIL-PF head checkpoint: it has no '{HEAD}' item "
             f"(found {found}); point load_head at a directory written by save_head"
+            f"{_older_hint(mngr, step)}"
         )
     try:
         item = mngr.restore(step, args=ocp.args.Composite(**{HEAD: ocp.args.JsonRestore()}))[HEAD]
     except (OSError, ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{where / HEAD} is unreadable (truncated or corrupt?): {err}") from err
+        raise ValueError(
+            f"{where / HEAD} is unreadable (truncated or corrupt?): {err}{_older_hint(mngr, step)}"
+        ) from err
     if not isinstance(item, dict) or item.get("format") != FORMAT:
         tag = item.get("format") if isinstance(item, dict) else type(item).__name__
         raise ValueError(
             f"{where} is not a MIL-PF head checkpoint: its '{HEAD}' item has format {tag!r}, "
-            f"expected {FORMAT!r}"
+            f"expected {FORMAT!r}{_older_hint(mngr, step)}"
         )
     version = item.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(
             f"{where}: checkpoint format version {version!r}, this milpf_jax reads up to "
             f"{FORMAT_VERSION}; upgrade milpf_jax"
+        )
+    if "sha256" in item and item["sha256"] != _item_digest(item):
+        raise ValueError(
+            f"{where / HEAD} does not match the checksum saved with it (corrupt, or edited after "
+            f"it was saved){_older_hint(mngr, step)}"
         )
     return item
 
@@ -172,6 +235,9 @@ def _locate(directory, step: int | None) -> tuple[Path, int]:
         raise ValueError(f"{path} is a file, expected a checkpoint directory written by save_head")
     if step is None and path.name.isdigit() and (path / HEAD).is_dir():
         return path.parent, int(path.name)  # the step folder that save_head returned
+    why = _not_steps(path)
+    if why:
+        raise ValueError(why)
     with _manager(path, create=False) as mngr:
         steps = sorted(mngr.all_steps())
     if not steps:
@@ -219,7 +285,9 @@ def save_head(directory, head: Head, metadata: dict | None = None) -> Path:
         "format_version": FORMAT_VERSION,
         "config": dataclasses.asdict(cfg),
         "metadata": {**_provenance(), **_to_jsonable(dict(metadata or {}), "metadata")},
+        "params_sha256": _params_digest(params),
     }
+    item["sha256"] = _item_digest(item)
     root = Path(directory).absolute()
     if root.exists() and not root.is_dir():
         raise ValueError(f"cannot save a head to {root}: it is a file, expected a directory")
@@ -228,6 +296,9 @@ def save_head(directory, head: Head, metadata: dict | None = None) -> Path:
             f"cannot save a head to {root}: it is one step of a checkpoint; save to "
             f"{root.parent} to add a new step there"
         )
+    why = _not_steps(root) if root.is_dir() else None
+    if why:
+        raise ValueError(f"cannot save a head to {root}: {why}")
     with _manager(root, create=True) as mngr:
         steps = sorted(mngr.all_steps())
         if steps:
@@ -264,6 +335,7 @@ def load_head(directory, step: int | None = None) -> Head:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(
                 f"{where / PARAMS} is unreadable (truncated or corrupt?): {err}"
+                f"{_older_hint(mngr, step)}"
             ) from err
         diffs = _shape_differences(stored, _param_shapes(template))
         if diffs:
@@ -275,12 +347,17 @@ def load_head(directory, step: int | None = None) -> Head:
                 step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(template)})
             )[PARAMS]
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-            older = [s for s in sorted(mngr.all_steps()) if s < step]
-            hint = f"; an older complete step can be loaded with step={older[-1]}" if older else ""
             raise ValueError(
-                f"{where / PARAMS} is unreadable (truncated or corrupt?): {err}{hint}"
+                f"{where / PARAMS} is unreadable (truncated or corrupt?): {err}"
+                f"{_older_hint(mngr, step)}"
             ) from err
-    params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), restored)
+        params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), restored)
+        digest = item.get("params_sha256")
+        if digest is not None and digest != _params_digest(params):
+            raise ValueError(
+                f"{where / PARAMS} holds values that do not match the checksum saved with them "
+                f"(corrupt data){_older_hint(mngr, step)}"
+            )
     return Head(params=params, config=cfg)
 
 

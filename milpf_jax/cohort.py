@@ -3,7 +3,9 @@
 A manifest CSV has one row per image. Required columns: `path` (absolute, or relative to the
 CSV's folder), `patient_id`, `exam_id`, `laterality` (L or R), `view` (DICOM View Position: CC,
 MLO, ML, LM, XCCL, ...) and exactly one label column: `birads` (0-6, 4A-4C) or `label` (0/1).
-`split` (train, val, test or empty) is optional; other columns are ignored.
+`split` (train, val, test or empty) is optional; so is `view_ref`, a pseudonymous name per
+image that stores, failure lists and reports record instead of the path (see `pseudonym`); other
+columns are ignored.
 
 Labels stay raw here. Every readable bag is extracted whatever its label, and the label mapping
 and split seed are applied when a store is loaded (`milpf_jax.labels`), so changing them never
@@ -16,9 +18,12 @@ re-runs the encoder.
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import logging
 import os
 import re
+import secrets
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +38,8 @@ LABEL_COLUMNS = ("birads", "label")  # exactly one per manifest; also the label_
 REQUIRED_COLUMNS = ("path", "patient_id", "exam_id", "laterality", "view")
 _VIEW_RANK = {"CC": 0, "MLO": 1}  # CC before MLO, other views after, then by path
 _MAX_LISTED = 20  # rows named in one error line; the rest are counted
+PSEUDONYM_PREFIXES = {"patient": "P-", "exam": "E-", "image": "I-"}
+KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class ImageRef:
     view: str  # 'CC', 'MLO', ...
     laterality: str  # 'L' | 'R'
     row: int  # manifest row number (2 = first data row), 0 for built-in cohorts
+    ref: str = ""  # manifest `view_ref`: recorded instead of the path wherever one is written
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,7 @@ class _Row:
     view: str
     label: str
     split: int
+    view_ref: str = ""
 
 
 def _parse_row(row: int, cells: dict[str, str], label_col: str, base: Path, problems) -> _Row:
@@ -175,6 +184,8 @@ def _parse_row(row: int, cells: dict[str, str], label_col: str, base: Path, prob
     for col in (*REQUIRED_COLUMNS, label_col):
         if not cells[col]:
             bad(f"empty {col!r}")
+    if "view_ref" in cells and not cells["view_ref"]:
+        bad("empty 'view_ref' (a pseudonymised manifest names every image)")
     for col in ("patient_id", "exam_id"):
         if "/" in cells[col]:
             bad(f"{col!r} contains '/', which would make bag ids ambiguous", cells[col])
@@ -200,6 +211,7 @@ def _parse_row(row: int, cells: dict[str, str], label_col: str, base: Path, prob
         view=cells["view"].upper(),
         label=label or "",
         split=SPLIT_CODES.get(split_text, -1),
+        view_ref=cells.get("view_ref", ""),
     )
 
 
@@ -217,6 +229,14 @@ def _group_rows(rows: list[_Row]) -> tuple[dict[tuple, list[_Row]], dict[str, li
         if len(same) > 1:
             rows_text = " and ".join(f"row {r.row}" for r in same)
             _add(problems, "image listed more than once", f"{rows_text} ({path})")
+    by_ref: dict[str, list[_Row]] = {}
+    for r in rows:
+        if r.view_ref:
+            by_ref.setdefault(r.view_ref, []).append(r)
+    for ref, same in by_ref.items():
+        if len(same) > 1:
+            rows_text = " and ".join(f"row {r.row}" for r in same)
+            _add(problems, "same 'view_ref' on several images", f"{rows_text} ({ref})")
     for (patient, exam, lat), members in bags.items():
         if len({r.label for r in members}) > 1:
             rows_text = ", ".join(f"row {r.row} ({r.label})" for r in members)
@@ -268,7 +288,10 @@ def read_manifest(csv_path: str | os.PathLike) -> Cohort:
     patient_split = {r.patient_id: r.split for r in rows if r.split >= 0}
     bags = []
     for (patient, exam, lat), members in groups.items():
-        images = [ImageRef(path=r.path, view=r.view, laterality=lat, row=r.row) for r in members]
+        images = [
+            ImageRef(path=r.path, view=r.view, laterality=lat, row=r.row, ref=r.view_ref)
+            for r in members
+        ]
         bags.append(
             BagSpec(
                 bag_id=f"{patient}/{exam}/{lat}",
@@ -400,7 +423,7 @@ def resolve_cohort(spec: str, *, cache_dir: str | os.PathLike | None = None) -> 
     PhantomConfig fields (a quick cohort for tests and trials).
     """
     if spec == "phantom" or spec.startswith("phantom:"):
-        return _phantom(cache_dir, spec[len("phantom:"):] if ":" in spec else "")
+        return _phantom(cache_dir, spec[len("phantom:") :] if ":" in spec else "")
     if spec.startswith("mias:") and spec[len("mias:") :]:
         return mias(spec[len("mias:") :])
     if spec.lower().endswith(".csv"):
@@ -422,8 +445,10 @@ def _phantom_config(overrides: str):
     for item in filter(None, (x.strip() for x in overrides.split(","))):
         name, _, value = item.partition("=")
         if name not in fields or not value:
-            raise ValueError(f"phantom spec item {item!r}: expected FIELD=VALUE with FIELD one "
-                             f"of {sorted(fields)}")
+            raise ValueError(
+                f"phantom spec item {item!r}: expected FIELD=VALUE with FIELD one "
+                f"of {sorted(fields)}"
+            )
         default = fields[name].default
         if isinstance(default, tuple):
             raise ValueError(f"phantom spec: {name} cannot be set from a spec string")
@@ -585,8 +610,67 @@ def _read_label_sheet(path: Path) -> tuple[str, str, dict, bool]:
     return key_col, label_col, labels, "split" in header
 
 
+def pseudonym(key: bytes, kind: str, value: str) -> str:
+    """A keyed hash naming a patient, exam or image: "P-", "E-" or "I-" + 16 hex digits.
+
+    HMAC-SHA256 of "kind:value" under `key` (kind: "patient", "exam", "image"): stable for one
+    key, so re-running a pseudonymisation gives the same ids, and not reversible without it.
+    """
+    digest = hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+    return PSEUDONYM_PREFIXES[kind] + digest[:16]
+
+
+def read_or_create_key(path: str | os.PathLike) -> tuple[bytes, bool]:
+    """The pseudonymisation key in `path` (hex text); created (32 random bytes, mode 0o600)
+    when the file does not exist. Returns (key, created)."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(KEY_BYTES)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (key.hex() + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return key, True
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise ValueError(
+            f"{path}: not a pseudonymisation key (expected {2 * KEY_BYTES} hex digits); give "
+            "the key file made by the first pseudonymised run, or a new path to create one"
+        )
+    if path.stat().st_mode & 0o077:
+        log.warning("%s: the key file is readable by other users; chmod 600 it", path)
+    return key, False
+
+
+def _pseudonymise(images: list[dict[str, str]], key: bytes, out_dir: Path) -> None:
+    """Replace patient and exam ids by keyed hashes and add `view_ref` per image, in place."""
+    fields = (("patient_id", "patient_id"), ("exam_key", "exam_key"), ("file", "view_ref"))
+    distinct = {raw: len({im[raw] for im in images}) for raw, _ in fields}
+    for im in images:
+        rel = Path(os.path.relpath(im["file"], out_dir)).as_posix()
+        im["patient_id"] = pseudonym(key, "patient", im["patient_id"])
+        im["exam_key"] = pseudonym(key, "exam", im["exam_key"])
+        im["view_ref"] = pseudonym(key, "image", rel)
+    for raw, field in fields:
+        # 64-bit hashes: a collision would merge two patients; say so rather than hide it.
+        if len({im[field] for im in images}) != distinct[raw]:
+            raise ValueError(f"pseudonymisation: two {field} values hash alike; use another key")
+
+
 def manifest_from_dicoms(
-    dicom_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_csv: str | os.PathLike
+    dicom_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    *,
+    key: bytes | None = None,
 ) -> Cohort:
     """Write a manifest CSV from DICOM headers and a label sheet; return it read back.
 
@@ -596,6 +680,12 @@ def manifest_from_dicoms(
     Sequence). The label sheet has `birads` or `label`, optionally `laterality` (breast-level
     labels; empty means both breasts) and `split`. Paths are written relative to the manifest's
     folder when they lie under it. A bag without a label is an error listing its files.
+
+    With `key` (see `read_or_create_key`) the manifest is pseudonymised after the label join:
+    patient_id and exam_id become keyed hashes (`pseudonym`), a `view_ref` column names each
+    image by a keyed hash of its path relative to the manifest's folder (stores and reports
+    record it instead of the path), and no DICOM UID is written. `path` stays, for the
+    extractor: keep the manifest private, beside the key.
     """
     dicom_dir, labels_path, out = Path(dicom_dir).resolve(), Path(labels_csv), Path(out_csv)
     if not dicom_dir.is_dir():
@@ -620,9 +710,12 @@ def manifest_from_dicoms(
         )
 
     out_dir = out.resolve().parent
-    columns = (
-        [*REQUIRED_COLUMNS, label_col] + (["split"] if has_split else []) + ["sop_instance_uid"]
-    )
+    columns = [*REQUIRED_COLUMNS, label_col] + (["split"] if has_split else [])
+    if key is None:
+        columns.append("sop_instance_uid")
+    else:
+        _pseudonymise(images, key, out_dir)
+        columns.append("view_ref")
     images.sort(
         key=lambda im: (
             im["patient_id"],

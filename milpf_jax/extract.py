@@ -21,6 +21,10 @@ reason in `<store>.failures.csv` BESIDE the store (`x.zarr` -> `x.failures.csv`:
 foreign files inside a store); the run goes on unless `strict`. Work-up views (`ExcludedView`)
 are dropped from their bag and counted; a bag left with no view fails.
 
+Pseudonymised cohorts: an image with a manifest `view_ref` is recorded by that ref, never by its
+path, in the store's `view_path`, its attributes and the failures CSV (the path is scrubbed from
+failure reasons too); the encode pass finds the file again through the cohort.
+
 Example:
     cfg = ExtractConfig(encoder="efficientnet-lite0")
     result = extract("mias:data/mias-dev", cfg, "mias.zarr")   # result.done == 80
@@ -215,10 +219,11 @@ def _digest(payload) -> str:
 
 def cohort_identity(cohort: Cohort) -> str:
     """A hash of everything the store copies from the cohort: bags, raw labels, given splits and
-    images (absolute path, view, laterality). Moving the images or editing a label changes it."""
+    images (absolute path, view, laterality, view_ref if any). Moving the images, editing a label
+    or pseudonymising with another key changes it."""
     bags = [
         [b.bag_id, b.patient_id, b.raw_label, b.split_given,
-         [[i.path, i.view, i.laterality] for i in b.images]]
+         [[i.path, i.view, i.laterality] + ([i.ref] if i.ref else []) for i in b.images]]
         for b in cohort.bags
     ]  # fmt: skip
     return _digest([cohort.name, cohort.label_kind, bags])[:16]
@@ -357,6 +362,16 @@ def _reason(err: Exception) -> str:
     return err.reason if isinstance(err, ImageReadError) else str(err)
 
 
+def _shown(path: str, ref: str, reason: str) -> tuple[str, str]:
+    """(name, reason) to record for an image: with a view_ref, the ref, and the reason with the
+    path and the file's name replaced by it (a pseudonymised cohort never records a path)."""
+    if not ref:
+        return path, reason
+    reason = reason.replace(path, ref)
+    name = re.escape(os.path.basename(path))
+    return ref, re.sub(rf"(?<![\w.-]){name}(?![\w.-])", ref, reason) if name else reason
+
+
 def plan_bag(bag: BagSpec, tiling: TilingConfig):
     """Plan one bag: read each image, drop excluded views, plan the tiles of the rest.
 
@@ -370,13 +385,13 @@ def plan_bag(bag: BagSpec, tiling: TilingConfig):
             image = read_image(ref.path, laterality=ref.laterality, view=ref.view)
             plan, _ = plan_view(image, tiling)
         except ExcludedView as err:
-            excluded.append((ref.path, err.reason))
+            excluded.append(_shown(ref.path, ref.ref, err.reason))
             continue
         except (ImageReadError, FileNotFoundError, ValueError) as err:
-            return None, excluded, [(ref.path, _reason(err))]
+            return None, excluded, [_shown(ref.path, ref.ref, _reason(err))]
         index = np.full((plan.n_tiles, 1), len(paths), np.int32)
         boxes.append(np.concatenate([index, plan.source_boxes], axis=1))  # [T_v, 5]
-        paths.append(ref.path)
+        paths.append(ref.ref or ref.path)  # the store records a view_ref, never beside a path
         names.append(ref.view)
         # The net mirroring between the file and the tiled image (the original preset may add
         # its own flip on top of the reader's), so boxes and pixels map back to the file.
@@ -473,7 +488,9 @@ class _EncodeJob:
         try:
             return b, bag_inputs(views, self.tiling, self.input_size), None
         except (ImageReadError, FileNotFoundError, ValueError) as err:
-            return b, None, (getattr(err, "path", "") or "", _reason(err))
+            # ImageReadError names its file in .path, FileNotFoundError in .filename.
+            path = getattr(err, "path", None) or getattr(err, "filename", None) or ""
+            return b, None, (path, _reason(err))
 
 
 def _as_is(item):
@@ -573,13 +590,21 @@ def _plan(cohort: Cohort, tiling: TilingConfig, cfg: ExtractConfig, csv_path: Pa
     return plans, dict(excluded), failed
 
 
-def _bag_views(store_arrays: dict, b: int):
-    """[(path, view name, source boxes [T_v, 4])] of bag b, as planned."""
+def image_locations(cohort: Cohort) -> dict[str, str]:
+    """{view_ref: path} of a cohort's images that have a ref (what the store records for them)."""
+    return {im.ref: im.path for bag in cohort.bags for im in bag.images if im.ref}
+
+
+def _bag_views(store_arrays: dict, b: int, locate: dict[str, str] | None = None):
+    """[(path, view name, source boxes [T_v, 4])] of bag b, as planned; `locate` maps a stored
+    view_ref to its file (`image_locations`)."""
+    locate = locate or {}
     v = int(store_arrays["global_mask"][b].sum())
     t = int(store_arrays["tiles_mask"][b].sum())
     boxes = store_arrays["tile_boxes"][b, :t]  # [T, 5]
+    stored = [str(store_arrays["view_path"][b, j]) for j in range(v)]
     return tuple(
-        (str(store_arrays["view_path"][b, j]), str(store_arrays["view_name"][b, j]),
+        (locate.get(stored[j], stored[j]), str(store_arrays["view_name"][b, j]),
          boxes[boxes[:, 0] == j, 1:])
         for j in range(v)
     )  # fmt: skip
@@ -588,8 +613,11 @@ def _bag_views(store_arrays: dict, b: int):
 class _Encoding:
     """One encode pass over whole chunks: fixed batches in, finished bags out (batch_schedule)."""
 
-    def __init__(self, store: Store, encoder, cfg: ExtractConfig, csv_path: Path, arrays: dict):
+    def __init__(
+        self, store: Store, encoder, cfg: ExtractConfig, csv_path: Path, arrays: dict, locate=None
+    ):
         self.store, self.encoder, self.cfg, self.csv_path = store, encoder, cfg, csv_path
+        self.refs = {path: ref for ref, path in (locate or {}).items()}  # path -> view_ref
         self.status = store.status()  # [B]
         self.bag_ids = store.array("bag_id")
         self.n_views = arrays["global_mask"].sum(axis=1).astype(np.int64)  # [B]
@@ -616,6 +644,7 @@ class _Encoding:
         """Receive one bag's inputs from the loader; a pending bag that failed is marked."""
         b, inputs, failure = item
         if failure is not None:
+            failure = _shown(failure[0], self.refs.get(failure[0], ""), failure[1])
             bag_id = str(self.bag_ids[b])
             if self.status[b] == PENDING:
                 append_failures(self.csv_path, [(bag_id, failure[0], "encode", failure[1])])
@@ -671,13 +700,17 @@ class _Encoding:
                 self.cache.pop(b, None)
 
 
-def _encode(store: Store, encoder, tiling, cfg, bags: range, csv_path: Path, progress) -> Counter:
-    """Encode the pending bags among `bags` (whole chunks); returns counters of what was done."""
+def _encode(
+    store: Store, encoder, tiling, cfg, bags: range, csv_path: Path, progress, locate=None
+) -> Counter:
+    """Encode the pending bags among `bags` (whole chunks); returns counters of what was done.
+
+    locate: {view_ref: path} (`image_locations`) for a store that records refs, not paths."""
     from tqdm.auto import tqdm
 
     arrays = {name: store.array(name) for name in (
         "global_mask", "tiles_mask", "tile_boxes", "view_path", "view_name")}  # fmt: skip
-    state = _Encoding(store, encoder, cfg, csv_path, arrays)
+    state = _Encoding(store, encoder, cfg, csv_path, arrays, locate)
     batch_size = int(store.attrs["batch_size"])
     schedule, items = [], []
     for c0 in range(bags.start, bags.stop, store.chunk_bags):
@@ -685,7 +718,7 @@ def _encode(store: Store, encoder, tiling, cfg, bags: range, csv_path: Path, pro
         batches, read = batch_schedule(state.rows[c0:c1], state.status[c0:c1], batch_size)
         schedule += [(c0, c1, int(k)) for k in batches]
         items += [
-            (int(b), _bag_views(arrays, b), bool(state.status[b] != FAILED))
+            (int(b), _bag_views(arrays, b, locate), bool(state.status[b] != FAILED))
             for b in np.flatnonzero(read) + c0
         ]
     if not schedule:
@@ -739,6 +772,28 @@ def _check_encoder(store: Store, encoder) -> None:
         )
 
 
+def _plan_leftovers(folder: str) -> bool:
+    """Whether a folder that is no zarr group holds only what a SIGKILLed `Store.create` leaves:
+    zarr's temporary `zarr.<hex>.partial` of the group's metadata (killed while writing it) and
+    store arrays, whole or half-deleted (killed while clearing an earlier interrupted plan)."""
+
+    def partial(name):  # zarr writes `<key stem>.<uuid4 hex>.partial`, then renames it
+        return re.fullmatch(r"zarr\.[0-9a-f]{32}\.partial", name) is not None
+
+    try:
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if partial(name) and os.path.isfile(path):
+                continue
+            if name not in STORE_ARRAYS or not os.path.isdir(path):
+                return False
+            if not all(n in ("zarr.json", "c") or partial(n) for n in os.listdir(path)):
+                return False
+    except FileNotFoundError:  # removed meanwhile (shard 0 is clearing it): nothing is there
+        return True
+    return True
+
+
 def _existing_store(out, expect: dict, cohort_id: str) -> Store | None:
     """The planned store at `out`, checked against the settings; None when there is none yet or
     its plan was cut short (then it is planned again). Anything else at `out` is refused."""
@@ -753,6 +808,9 @@ def _existing_store(out, expect: dict, cohort_id: str) -> Store | None:
             and os.path.exists(text)
             and (not os.path.isdir(text) or os.listdir(text))
         ):
+            if _plan_leftovers(text):
+                log.warning("%s: its plan pass was interrupted; planning again", out)
+                return None
             raise ValueError(
                 f"{out} exists and is not a zarr store; choose another store path"
             ) from None
@@ -867,7 +925,8 @@ def extract(
         encoder = encoder or _load_encoder(cfg)
         _check_encoder(store, encoder)
         t0 = time.perf_counter()
-        stats = _encode(store, encoder, tiling, cfg, bags, csv_path, progress)
+        locate = image_locations(cohort)
+        stats = _encode(store, encoder, tiling, cfg, bags, csv_path, progress, locate)
         encode_s = time.perf_counter() - t0
     status = store.status()
     return ExtractResult(
@@ -956,8 +1015,9 @@ def measure_throughput(
         spec = _spec(pcfg.encoder)
         tiling = tiling_config(pcfg, spec.input_size)
         done = np.flatnonzero(store.status() == DONE)
+        locate = image_locations(cohort)
         inputs = np.concatenate(
-            [bag_inputs(_bag_views(arrays, b), tiling, spec.input_size) for b in done]
+            [bag_inputs(_bag_views(arrays, b, locate), tiling, spec.input_size) for b in done]
         )  # [N, S, S]
         encoder = _load_encoder(pcfg)
         step = pcfg.batch_size

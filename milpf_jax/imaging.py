@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -354,7 +355,8 @@ def read_image(
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such image file")
+        # errno form, so `.filename` names the file for callers that list failures by file.
+        raise FileNotFoundError(errno.ENOENT, "no such image file", path)
     manifest_side = _normalise_laterality(laterality, path)
     manifest_view = str(view).strip() if view is not None and str(view).strip() else None
 

@@ -93,7 +93,20 @@ def as_batch(bag: Bag, dim: int) -> tuple[Bag, bool]:
             f"inconsistent bag shapes: views {views.shape}, views_mask {views_mask.shape}, "
             f"tiles {tiles.shape}, tiles_mask {tiles_mask.shape}"
         )
+    views = _finite_rows("views", views, views_mask, single)
+    tiles = _finite_rows("tiles", tiles, tiles_mask, single)
     return Bag(views, views_mask, tiles, tiles_mask), single
+
+
+def _finite_rows(name: str, x: np.ndarray, mask: np.ndarray, single: bool) -> np.ndarray:
+    """Refuse NaN or inf in a real row (it would make the probability NaN); zero it in a
+    masked-out row, which is padding and must not leak through the pooling."""
+    finite = np.isfinite(x).all(axis=-1)  # [B, V] or [B, T]
+    bad = np.argwhere(mask & ~finite)
+    if len(bad):
+        where = f"row {bad[0][1]}" if single else f"bag {bad[0][0]}, row {bad[0][1]}"
+        raise ValueError(f"Bag.{name} holds NaN or inf at {where} ({len(bad)} row(s) in all)")
+    return x if finite.all() else np.where(finite[..., None], x, np.float32(0))
 
 
 def predict_logits(head: Head, bag: Bag):

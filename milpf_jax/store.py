@@ -391,7 +391,8 @@ def load_packed(
       split_seed: seed of the 70/10/20 patient-grouped split (a manifest's split wins). Splits
         are drawn over every planned bag, so they do not change with the mapping.
       allow_partial: if False (default) a store with pending or failed bags is refused; if True
-        those bags are skipped and counted in info["skipped"]. Never read as zeros.
+        those bags are skipped and counted in info["skipped"]. Never read as zeros. Bags that
+        hold NaN or inf (written outside `write_bag`) are refused, named.
       dtype: the compute dtype embeddings are cast to (the disk format is float16).
     """
     if not isinstance(store, Store):
@@ -466,13 +467,23 @@ def _read_kept(store: Store, kept: np.ndarray, dtype):
             continue
         local = sel - c0
         chunk_tiles = g["tiles"][c0:c0 + cb][local]  # [b, Tmax, D] float16
+        chunk_views = g["global"][c0:c0 + cb][local]  # [b, Vmax, D] float16
         chunk_boxes = boxes_all[c0:c0 + cb][local]
         m = tiles_mask[sel]
         k = int(m.sum())
         tiles[pos:pos + k] = chunk_tiles[m]
         tile_view[pos:pos + k] = chunk_boxes[m][:, 0]
         tile_boxes[pos:pos + k] = chunk_boxes[m][:, 1:]
-        views[row:row + len(sel)] = g["global"][c0:c0 + cb][local]
+        views[row:row + len(sel)] = chunk_views
+        # write_bag refuses NaN and inf, so these come from writes outside it: never train on
+        # them. Checked on the cast copy (fast for float32).
+        tile_ok = np.isfinite(tiles[pos:pos + k]).all(axis=1)  # [k]
+        view_ok = np.isfinite(views[row:row + len(sel)]).all(axis=(1, 2))  # [b]
+        if not (tile_ok.all() and view_ok.all()):
+            bad = np.union1d(tile_bag[pos:pos + k][~tile_ok], row + np.flatnonzero(~view_ok))
+            ids = [str(i) for i in g["bag_id"][...][kept[bad]]]
+            raise ValueError(f"store {store.path}: bag(s) {ids[:5]} hold NaN or inf embeddings "
+                             "(written outside Store.write_bag?); re-extract them")
         pos += k
         row += len(sel)
     return views, views_mask, tiles, tile_bag, tile_view, tile_boxes

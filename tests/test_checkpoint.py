@@ -223,6 +223,10 @@ def test_config_that_disagrees_with_stored_params_is_refused(tmp_path):
     item = json.loads(meta.read_text())
     item["config"]["dim"] = 20
     meta.write_text(json.dumps(item))
+    with pytest.raises(ValueError, match=r"0/head does not match the checksum saved with it"):
+        load_head(tmp_path)
+    del item["sha256"]  # as written before checksums were added: the other checks still hold
+    meta.write_text(json.dumps(item))
     with pytest.raises(ValueError, match=r"global_proj/0/kernel: shape \(16, 16\), expected \(20"):
         load_head(tmp_path)
     item["config"]["tiles_per_view"] = 4
