@@ -7,11 +7,12 @@ devices.
     python experiments/benchmark.py --scale embed    # GPU: 50,000 bags, the full 36-run sweep
 
 Reference (2026-11-25, 2-core AMD EPYC with avx512_bf16 and no AMX, a shared machine, so
-+-30% between runs; `--no-scaling`, 10 min): seconds per 36-run epoch, 1,400 training bags,
-175,883 training tiles, D=1152: (1) 9.3, (2) 8.5, (3) 7.5, (4) 7.6, (5) f32 3.9 (2.4x (1)),
-(5) bf16 first layer 3.0 (3.2x (1), 2.9x (2)); rooflines, TFLOP/s: JAX f32 0.20, bf16 0.36,
-PyTorch bf16 0.34. (5) bf16 without the process settings: 4.2. In the full run (f32 first
-layer) (5) did not fit 24 GiB at 8,000 bags (peak RSS 16.8 GiB at 4,000).
++-30% between runs; `--no-scaling --no-tricks`, 12 min): seconds per 36-run epoch, 1,400
+training bags, 175,883 training tiles, D=1152: (1) 9.5, (2) 10.0, (3) 7.7, (4) 7.5, (5) f32 4.0
+(2.4x (1)), (5) bf16 first layer 2.56 (3.7x (1), 3.9x (2)); rooflines, TFLOP/s: JAX f32 0.20,
+bf16 0.37, PyTorch bf16 0.35. The step's code tricks, bf16: autodiff on packed tiles 2.99,
+hand-written VJP 2.46, + 16-tile blocks 2.56, + bf16 embeddings 2.54. An earlier full run (f32
+first layer, autodiff step) did not fit 24 GiB at 8,000 bags (peak RSS 16.8 GiB at 4,000).
 
 One synthetic cohort is made in the run (default: 2,000 bags through a zarr store, 0-256 tiles
 per bag, D=1152, two views; `--scale embed` packs 50,000 bags in memory instead, as the GPU
