@@ -6,13 +6,14 @@ devices.
     python experiments/benchmark.py --quick          # CI-sized shapes, about a minute
     python experiments/benchmark.py --scale embed    # GPU: 50,000 bags, the full 36-run sweep
 
-Reference (2026-11-25, 2-core AMD EPYC with avx512_bf16 and no AMX, a shared machine, so
-+-30% between runs; `--no-scaling --no-tricks`, 12 min): seconds per 36-run epoch, 1,400
-training bags, 175,883 training tiles, D=1152: (1) 9.5, (2) 10.0, (3) 7.7, (4) 7.5, (5) f32 4.0
-(2.4x (1)), (5) bf16 first layer 2.56 (3.7x (1), 3.9x (2)); rooflines, TFLOP/s: JAX f32 0.20,
-bf16 0.37, PyTorch bf16 0.35. The step's code tricks, bf16: autodiff on packed tiles 2.99,
-hand-written VJP 2.46, + 16-tile blocks 2.56, + bf16 embeddings 2.54. An earlier full run (f32
-first layer, autodiff step) did not fit 24 GiB at 8,000 bags (peak RSS 16.8 GiB at 4,000).
+Reference (2026-11-26, 2-core AMD EPYC with avx512_bf16 and no AMX, a shared machine, so
++-10% between runs; `--no-scaling --no-tricks`, 12 min): seconds per 36-run epoch, 1,400
+training bags, 175,883 training tiles, D=1152: (1) 10.4, (2) 8.7, (3) 6.8, (4) 7.6, (5) f32 3.8
+(2.7x (1)), (5) bf16 first layer 2.40 (4.3x (1), 3.6x (2)); rooflines, TFLOP/s: JAX f32 0.20,
+bf16 0.37, PyTorch bf16 0.36. The step's code tricks, bf16: autodiff on packed tiles 3.04,
+hand-written VJP 2.61, + 16-tile blocks 2.66, + bf16 embeddings 2.54, + chunked backward 2.26.
+Peak RSS of (5) in bf16: 11.7 GiB at 4,000 bags; 8,000 did not fit 24 GiB (before the chunked
+backward).
 
 One synthetic cohort is made in the run (default: 2,000 bags through a zarr store, 0-256 tiles
 per bag, D=1152, two views; `--scale embed` packs 50,000 bags in memory instead, as the GPU
@@ -184,21 +185,23 @@ def worker_jax(spec: dict, cfg: bench.BenchConfig) -> dict:
 
 
 def worker_baselines(spec: dict, cfg: bench.BenchConfig) -> dict:
-    """Rows (3) and (4), in a process of their own: with GLIBC_TUNABLES the heap never
-    shrinks, so one process for every row would hold the sum of their peaks."""
+    """Rows (3) and (4) (spec["only_row"]: one of them), in a process of their own: with
+    GLIBC_TUNABLES the heap never shrinks, so one process for every row would hold the sum of
+    their peaks."""
     import gc
 
     packed = _load_data(spec, cfg)
     keys, hp = bench.run_grid(cfg.seeds, cfg)
     out = _jax_context()
-    if "3" in cfg.rows:
+    rows = [spec["only_row"]] if spec.get("only_row") else cfg.rows
+    if "3" in rows:
         tcfg = _train_config(cfg, "float32")
         data = _train_data(packed, cfg, tcfg)
         out["3_float32"] = dict(bench.measure_sequential(data, tcfg, keys, hp, cfg.timed_epochs),
                                 data_dtype=_data_dtype(data), first_layer_dtype="float32")
         del data
         gc.collect()
-    if "4" in cfg.rows:
+    if "4" in rows:
         tr, va = packed.split("train"), packed.split("val")
         train = bench.pad_bags(tr, weights=bench.class_weights(tr.labels), dtype=cfg.data_dtype)
         val = bench.pad_bags(va, dtype=cfg.data_dtype)
@@ -239,7 +242,8 @@ def worker_step(spec: dict, cfg: bench.BenchConfig) -> dict:
     from milpf_jax import train as T
 
     variant = bench.STEP_VARIANTS[spec["variant"]]
-    head.HAND_WRITTEN_GRADIENT = variant["hand"]  # read when the step is traced, below
+    head.HAND_WRITTEN_GRADIENT = variant["hand"]  # both read when the step is traced, below
+    head.BACKWARD_CHUNK_TILES = variant["chunk"]
     packed = _load_data(spec, cfg)
     keys, hp = bench.run_grid(cfg.seeds, cfg)
     dtype = _shipped_dtype()
@@ -491,8 +495,12 @@ def run_all(cfg: bench.BenchConfig, out: Path, work: Path, *, command: str) -> d
         # PyTorch as a user runs it: none of JAX's process settings.
         workers["torch"] = run("torch", "torch", worker_env())
     workers["jax"] = run("jax", "jax", tricks_on)
-    if {"3", "4"} & set(cfg.rows):
-        workers["baselines"] = run("baselines", "baselines", tricks_on)
+    # (3) and (4) each in a process of their own: the padded row alone peaks near 17 GiB, and
+    # with GLIBC_TUNABLES a heap never shrinks, so after (3) it could meet the 24 GiB limit.
+    baselines = [run("baselines", f"baselines-{row}", tricks_on, only_row=row)
+                 for row in ("3", "4") if row in cfg.rows]
+    if baselines:
+        workers["baselines"] = {k: v for r in baselines if r for k, v in r.items()}
     report["tricks"] = {v: run("tricks", f"tricks-{v}", jax_env(TRICKS[v]))
                         for v in cfg.trick_variants}
     report["step_variants"] = [run("step", f"step-{i}", tricks_on, variant=v)

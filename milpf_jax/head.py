@@ -245,38 +245,93 @@ def _attention_stream_fwd(proj, attn, tiles, block_bag, tile_valid, num_bags, dt
     return _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype)
 
 
+# The backward pass walks the tiles in chunks of about this many (whole blocks): its per-tile
+# intermediates ([runs, chunk, 16] arrays) stay small and in cache whatever the cohort, and the
+# first layer's weight gradient is summed chunk by chunk. None: one pass over all tiles. 8192
+# was the fastest of 2,048-16,384 on the 2-core CPU (experiments/benchmark.py, "step's code").
+BACKWARD_CHUNK_TILES: int | None = 8192
+
+
+def _chunk_loop(k: int, chunk: int, body, init):
+    """carry = body(start, fresh, carry) over chunks of `chunk` blocks covering [0, k). The last
+    chunk is moved back to end at k; `fresh` [chunk] marks the blocks no earlier chunk had."""
+    n = -(-k // chunk)
+
+    def step(i, carry):
+        start = jnp.minimum(i * chunk, k - chunk)
+        fresh = jnp.arange(chunk) + start >= i * chunk
+        return body(start, fresh, carry)
+
+    return jax.lax.fori_loop(0, n, step, init)
+
+
 def _attention_stream_bwd(num_bags, dtype, residuals, cotangents):
     proj, attn, tiles, block_bag, a, w, pooled, weight_sum = residuals
     d_local, d_weights = cotangents
     k, length = w.shape
-    # Recomputed from the first layer's output rather than kept: cheap, and less memory.
-    h, pre2, q, key_vec, _ = _stream_tail(a, proj, attn)
+    hidden, dim = a.shape[-1], tiles.shape[-1]
     wv, bv = attn["v"]["kernel"], attn["v"]["bias"]
-    d_pooled = (d_local @ wv.T)[block_bag]  # [K, 8]
-    d_weight_sum = (d_local @ bv)[block_bag]  # [K]
+    d_pooled_bag = d_local @ wv.T  # [B, 8]
+    d_weight_sum_bag = d_local @ bv  # [B]
+    d_weights = d_weights.reshape(k, length)
+    chunk = k if not BACKWARD_CHUNK_TILES else max(1, min(k, BACKWARD_CHUNK_TILES // length))
+    if k:  # as many chunks as that needs, of equal size: the last one overlaps little
+        chunk = -(-k // -(-k // chunk))
+
+    def blocks(x, start):
+        return jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=0)
+
+    # The per-tile features are recomputed from the first layer's output, chunk by chunk,
+    # rather than kept: cheap, and far less memory.
+    def tile_dw(start, fresh, dw):  # dw: how the loss moves with each tile's weight
+        bb = blocks(block_bag, start)
+        _, _, q, _, _ = _stream_tail(blocks(a, start), proj, attn)
+        dw_c = (jnp.einsum("klf,kf->kl", q, d_pooled_bag[bb]) + d_weight_sum_bag[bb][:, None]
+                + blocks(d_weights, start))
+        return jax.lax.dynamic_update_slice_in_dim(dw, dw_c, start, axis=0)
+
+    dw = _chunk_loop(k, chunk, tile_dw, jnp.zeros((k, length), jnp.float32)) if k else d_weights
     # Through the softmax: ds = w * (dw - sum_bag(w * dw)).
-    dw = jnp.einsum("klf,kf->kl", q, d_pooled) + d_weight_sum[:, None] + d_weights.reshape(k, length)
-    w_dw = jax.ops.segment_sum(jnp.sum(w * dw, axis=1), block_bag, num_bags)[block_bag]
-    ds = w * (dw - w_dw[:, None])
-    dq = w[..., None] * d_pooled[:, None, :] + ds[..., None] * key_vec
-    d_key_vec, d_shift = jnp.einsum("kl,klf->f", ds, q), jnp.sum(ds)
+    w_dw = jax.ops.segment_sum(jnp.sum(w * dw, axis=1), block_bag, num_bags)
+
+    def tile_grads(start, fresh, sums):
+        bb, a_c = blocks(block_bag, start), blocks(a, start)
+        w_c = blocks(w, start) * fresh[:, None]  # a block seen by an earlier chunk adds nothing
+        h, pre2, q, key_vec, _ = _stream_tail(a_c, proj, attn)
+        ds = w_c * (blocks(dw, start) - w_dw[bb][:, None])
+        dq = w_c[..., None] * d_pooled_bag[bb][:, None, :] + ds[..., None] * key_vec
+        d_pre2 = jnp.where(pre2 > 0, dq, 0.0)
+        da = jnp.where(a_c > 0, d_pre2 @ proj["1"]["kernel"].T, 0.0).reshape(-1, hidden)
+        x = jax.lax.dynamic_slice_in_dim(tiles, start * length, chunk * length, axis=0)
+        if dtype == "bfloat16":  # the first layer's weight gradient, [16, chunk] x [chunk, D]
+            d_w1 = jnp.dot(da.T.astype(jnp.bfloat16), x.astype(jnp.bfloat16),
+                           preferred_element_type=jnp.float32)
+        else:
+            d_w1 = jnp.dot(da.T, x.astype(jnp.float32))
+        return dict(
+            w1=sums["w1"] + d_w1, b1=sums["b1"] + jnp.sum(da, axis=0),
+            w2=sums["w2"] + jnp.einsum("klh,klf->hf", h, d_pre2),
+            b2=sums["b2"] + jnp.sum(d_pre2, (0, 1)),
+            key_vec=sums["key_vec"] + jnp.einsum("kl,klf->f", ds, q),
+            shift=sums["shift"] + jnp.sum(ds),
+        )
+
+    proj_dim = proj["1"]["bias"].shape[0]
+    sums = dict(w1=jnp.zeros((hidden, dim), jnp.float32), b1=jnp.zeros(hidden, jnp.float32),
+                w2=jnp.zeros((hidden, proj_dim), jnp.float32),
+                b2=jnp.zeros(proj_dim, jnp.float32), key_vec=jnp.zeros(proj_dim, jnp.float32),
+                shift=jnp.zeros((), jnp.float32))
+    if k:
+        sums = _chunk_loop(k, chunk, tile_grads, sums)
     z, wk, bk = attn["latent"], attn["k"]["kernel"], attn["k"]["bias"]
     scale = jnp.sqrt(jnp.float32(z.shape[0]))
-    d_pre2 = jnp.where(pre2 > 0, dq, 0.0)
-    da = jnp.where(a > 0, d_pre2 @ proj["1"]["kernel"].T, 0.0).reshape(k * length, a.shape[-1])
-    # The weight gradient of the first layer: one [16, N] x [N, D] GEMM per run.
-    if dtype == "bfloat16":
-        d_w1 = jnp.dot(da.T.astype(jnp.bfloat16), tiles.astype(jnp.bfloat16),
-                       preferred_element_type=jnp.float32).T
-    else:
-        d_w1 = jnp.dot(da.T, tiles.astype(jnp.float32)).T
     d_proj = {
-        "0": {"kernel": d_w1, "bias": jnp.sum(da, axis=0)},
-        "1": {"kernel": jnp.einsum("klh,klf->hf", h, d_pre2), "bias": jnp.sum(d_pre2, (0, 1))},
+        "0": {"kernel": sums["w1"].T, "bias": sums["b1"]},
+        "1": {"kernel": sums["w2"], "bias": sums["b2"]},
     }
     d_attn = {
-        "latent": (wk.T @ d_key_vec + d_shift * bk) / scale,
-        "k": {"kernel": jnp.outer(d_key_vec, z) / scale, "bias": d_shift * z / scale},
+        "latent": (wk.T @ sums["key_vec"] + sums["shift"] * bk) / scale,
+        "k": {"kernel": jnp.outer(sums["key_vec"], z) / scale, "bias": sums["shift"] * z / scale},
         "v": {"kernel": pooled.T @ d_local, "bias": weight_sum @ d_local},
     }
     return d_proj, d_attn, None, None, None
