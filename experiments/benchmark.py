@@ -40,7 +40,6 @@ import datetime
 import json
 import math
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from milpf_jax import bench
+from milpf_jax.cli import command_line
 from milpf_jax.runtime import GLIBC_TUNABLES, XLA_CPU_FLAGS
 
 # Process-level settings measured on (5), the ones the entry points set (milpf_jax.runtime):
@@ -906,8 +906,7 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["python", "experiments/benchmark.py",
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("experiments/benchmark.py", argv)
     with tempfile.TemporaryDirectory(prefix="milpf-bench-") as work:
         report = run_all(cfg, out, Path(work), command=command)
     table = format_tables(report)

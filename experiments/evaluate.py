@@ -9,10 +9,10 @@ Writes RUN/external/<store name>.json and prints the metrics with 95% patient-bo
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
+from milpf_jax.cli import command_line
 from milpf_jax.experiment import TABLE_METRICS, _fmt_ci, evaluate_external, write_json
 
 
@@ -28,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = "python experiments/evaluate.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = command_line("experiments/evaluate.py", argv)
     res = evaluate_external(args.run, args.store, mapping=args.mapping, n_boot=args.bootstrap,
                             allow_partial=args.allow_partial, command=command)
     out = Path(args.run) / "external" / f"{Path(str(args.store).rstrip('/')).stem}.json"

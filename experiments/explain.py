@@ -24,10 +24,10 @@ if __name__ == "__main__":  # allocator and XLA settings, before jax loads (milp
     configure_process()
 
 import argparse
-import shlex
 import sys
 import time
 
+from milpf_jax.cli import command_line
 from milpf_jax.explain import (
     BOX_THRESHOLD,
     DEFAULT_OVERLAP,
@@ -72,15 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = "python experiments/explain.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = command_line("experiments/explain.py", argv)
     t0 = time.perf_counter()
     summary = explain_run(
         args.run, args.out, cohort=args.cohort, split=args.split, max_bags=args.bags,
         overlap=args.overlap, lesions=args.lesions, threshold=args.threshold,
         iou_threshold=args.iou, default_spacing_mm=args.pixel_spacing_mm, device=args.device,
         model_dir=args.model_dir, precision=args.precision, batch_size=args.batch_size,
-        save_maps=args.save_maps, progress=not args.quiet, command=command.strip(),
+        save_maps=args.save_maps, progress=not args.quiet, command=command,
     )  # fmt: skip
     print(format_report(summary))
     print(f"\nwrote {summary['out']}/overlays/, boxes.csv, bags.csv and detection.json "

@@ -25,12 +25,11 @@ if __name__ == "__main__":  # allocator and XLA settings, before jax loads (milp
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
-from milpf_jax.cli import add_config_flags, config_from_args
+from milpf_jax.cli import add_config_flags, command_line, config_from_args
 from milpf_jax.experiment import SweepConfig, format_table, run_sweep
 from milpf_jax.head import GLOBAL_POOLS, LOCAL_POOLS
 from milpf_jax.labels import MAPPINGS
@@ -96,13 +95,12 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cfg = config_from_args(SweepConfig, args)
-    command = "python experiments/sweep.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = command_line("experiments/sweep.py", argv)
     t0 = time.perf_counter()
     store, cohort, encoder = resolve_store(args, parser)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(args.out or Path("runs") / f"{cohort}-{encoder}-{stamp}")
-    results = run_sweep(store, cfg, out, command=command.strip(), progress=not args.quiet)
+    results = run_sweep(store, cfg, out, command=command, progress=not args.quiet)
     print(format_table(results))
     print(f"\nwrote {out}/results.json, results.md, predictions.csv and best/ "
           f"(total {time.perf_counter() - t0:.0f} s)")

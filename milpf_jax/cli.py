@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 import typing
 
 
@@ -24,6 +26,11 @@ def _parse_tuple(item_type):
                                              f"{text!r}") from err
 
     return parse
+
+
+def command_line(script: str, argv=None) -> str:
+    """The command as typed, for results files: `python <script> <args>` (argv: sys.argv[1:])."""
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip=(), choices=None,

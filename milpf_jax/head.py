@@ -241,10 +241,6 @@ def attention_stream(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype):
     return _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype)[0]
 
 
-def _attention_stream_fwd(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype):
-    return _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype)
-
-
 # The backward pass walks the tiles in chunks of about this many (whole blocks): its per-tile
 # intermediates ([runs, chunk, 16] arrays) stay small and in cache whatever the cohort, and the
 # first layer's weight gradient is summed chunk by chunk. None: one pass over all tiles. 8192
@@ -337,7 +333,7 @@ def _attention_stream_bwd(num_bags, dtype, residuals, cotangents):
     return d_proj, d_attn, None, None, None
 
 
-attention_stream.defvjp(_attention_stream_fwd, _attention_stream_bwd)
+attention_stream.defvjp(_attention_stream_forward, _attention_stream_bwd)
 
 
 class MILPFHead(nn.Module):

@@ -300,7 +300,7 @@ def as_instances(batch: BagBatch, head: HeadConfig) -> BagBatch:
         tile_bag=jnp.arange(n, dtype=jnp.int32),
         tile_valid=jnp.ones(n, bool),
         labels=jnp.asarray(inst_labels),
-        weights=jnp.asarray(_instance_weights(inst_labels, np.ones(n, bool))),
+        weights=jnp.asarray(class_weights(inst_labels)),
     )
 
 
@@ -308,6 +308,15 @@ def _instance_weights(labels, present):
     w = np.zeros(len(labels), np.float32)
     w[present] = class_weights(labels[present])
     return w
+
+
+def _split_origin(packed) -> str:
+    """Which data and settings gave these splits, so an error says what to change."""
+    info = packed.info
+    sizes = "/".join(str(int(np.sum(packed.splits == i))) for i in range(3))
+    return (f"store {info.get('store')}, mapping {info.get('mapping')!r}, split seed "
+            f"{info.get('split_seed')}: bags train/val/test = {sizes}, left out by the mapping "
+            f"{info.get('excluded', {})}")
 
 
 def make_train_data(packed, cfg: TrainConfig, *, dtype=None, block: int = TILE_BLOCK
@@ -321,19 +330,15 @@ def make_train_data(packed, cfg: TrainConfig, *, dtype=None, block: int = TILE_B
     if dtype is None:
         dtype = jnp.bfloat16 if cfg.head.first_layer_dtype == "bfloat16" else jnp.float32
     tr, va = packed.split("train"), packed.split("val")
-    info = packed.info
-    # Which data and settings gave these splits, so the message says what to change.
-    where = (f"store {info.get('store')}, mapping {info.get('mapping')!r}, split seed "
-             f"{info.get('split_seed')}: bags train/val/test = "
-             f"{'/'.join(str(int(np.sum(packed.splits == i))) for i in range(3))}, left out "
-             f"by the mapping {info.get('excluded', {})}")
     if tr.n_bags == 0:
-        raise ValueError(f"the training split is empty: no bags to train on ({where})")
+        raise ValueError(f"the training split is empty: no bags to train on "
+                         f"({_split_origin(packed)})")
     if va.n_bags == 0 or len(np.unique(va.labels)) < 2:
         raise ValueError(
             f"the validation split has {va.n_bags} bags with labels "
             f"{sorted(set(va.labels.tolist()))}: validation AUC needs both classes "
-            f"(try another --split-seed, or give splits in the manifest; {where})"
+            f"(try another --split-seed, or give splits in the manifest; "
+            f"{_split_origin(packed)})"
         )
     if packed.dim != cfg.head.dim:
         raise ValueError(f"embeddings have D={packed.dim} but the head expects "
