@@ -244,6 +244,7 @@ def worker_step(spec: dict, cfg: bench.BenchConfig) -> dict:
     variant = bench.STEP_VARIANTS[spec["variant"]]
     head.HAND_WRITTEN_GRADIENT = variant["hand"]  # both read when the step is traced, below
     head.BACKWARD_CHUNK_TILES = variant["chunk"]
+    head.FORWARD_CHUNK_TILES = variant["forward_chunk"]
     packed = _load_data(spec, cfg)
     keys, hp = bench.run_grid(cfg.seeds, cfg)
     dtype = _shipped_dtype()

@@ -47,17 +47,20 @@ HIDDEN = 16
 # What the code of (5)'s step does, one trick added at a time (each measured in a fresh process,
 # shipped first-layer dtype): the gradient of the attention pooling by autodiff or written by
 # hand (head.attention_stream), tiles packed or in 16-tile blocks (train.bag_batch), the
-# embeddings held in float32 or in the first layer's dtype, the backward pass over all tiles at
-# once or in chunks (head.BACKWARD_CHUNK_TILES).
+# embeddings held in float32 or in the first layer's dtype, the backward and then the forward
+# pass over all tiles at once or in chunks (head.BACKWARD_CHUNK_TILES, head.FORWARD_CHUNK_TILES).
 STEP_VARIANTS = {
     "autodiff, packed tiles, f32 embeddings":
-        dict(hand=False, block=1, data="float32", chunk=None),
+        dict(hand=False, block=1, data="float32", chunk=None, forward_chunk=None),
     "hand-written VJP, packed tiles, f32 embeddings":
-        dict(hand=True, block=1, data="float32", chunk=None),
-    "+ 16-tile blocks": dict(hand=True, block=16, data="float32", chunk=None),
-    "+ embeddings in the first layer's dtype": dict(hand=True, block=16, data=None, chunk=None),
-    "+ backward in chunks of 8,192 tiles (shipped)":
-        dict(hand=True, block=16, data=None, chunk=8192),
+        dict(hand=True, block=1, data="float32", chunk=None, forward_chunk=None),
+    "+ 16-tile blocks": dict(hand=True, block=16, data="float32", chunk=None, forward_chunk=None),
+    "+ embeddings in the first layer's dtype":
+        dict(hand=True, block=16, data=None, chunk=None, forward_chunk=None),
+    "+ backward in chunks of 8,192 tiles":
+        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=None),
+    "+ forward in chunks of 8,192 tiles (shipped)":
+        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192),
 }
 
 

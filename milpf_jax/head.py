@@ -212,15 +212,97 @@ def _block_softmax(s, block_bag, valid, num_bags):
     return e / jnp.where(denom > 0, denom, 1.0)[block_bag][:, None]
 
 
+# The forward and backward passes walk the tiles in chunks of about this many (whole blocks):
+# their per-tile intermediates ([runs, chunk, 16] arrays) stay small and in cache whatever the
+# cohort, and the first layer's weight gradient is summed chunk by chunk. None: one pass over
+# all tiles. 8192 was the fastest of 2,048-16,384 on the 2-core CPU (experiments/benchmark.py,
+# "step's code"). Read when a head is traced.
+FORWARD_CHUNK_TILES: int | None = 8192
+BACKWARD_CHUNK_TILES: int | None = 8192
+
+
+def _chunk_blocks(k: int, length: int, chunk_tiles: int | None) -> int:
+    """Blocks per chunk for k blocks of `length` tiles: as many chunks as chunk_tiles needs, of
+    equal size (so the last one overlaps little); k (one pass) when chunk_tiles is None."""
+    if not k or not chunk_tiles:
+        return k
+    chunk = max(1, min(k, chunk_tiles // length))
+    return -(-k // -(-k // chunk))
+
+
+def _blocks(x, start, chunk: int):
+    return jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=0)
+
+
+def _tile_rows(tiles, start, n: int):
+    """tiles[start:start + n] inside a loop. bf16 tiles are sliced as their uint16 bits: XLA:CPU
+    slices bf16 in f32, and hoisting that conversion out of the loop made a float32 copy of
+    every tile (twice the bf16 embeddings' memory)."""
+    if tiles.dtype != jnp.bfloat16:
+        return jax.lax.dynamic_slice_in_dim(tiles, start, n, axis=0)
+    bits = jax.lax.dynamic_slice_in_dim(jax.lax.bitcast_convert_type(tiles, jnp.uint16), start, n,
+                                        axis=0)
+    return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
+
+
+def _chunk_loop(k: int, chunk: int, body, init):
+    """carry = body(start, fresh, carry) over chunks of `chunk` blocks covering [0, k). The last
+    chunk is moved back to end at k; `fresh` [chunk] marks the blocks no earlier chunk had."""
+    n = -(-k // chunk)
+
+    def step(i, carry):
+        start = jnp.minimum(i * chunk, k - chunk)
+        fresh = jnp.arange(chunk) + start >= i * chunk
+        return body(start, fresh, carry)
+
+    return jax.lax.fori_loop(0, n, step, init)
+
+
 def _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype):
     k = block_bag.shape[0]
     length = tiles.shape[0] // k if k else 1  # tiles per block
     valid = tile_valid.reshape(k, length)
-    a = _first_layer(tiles, proj["0"]["kernel"], proj["0"]["bias"], dtype)
-    a = a.reshape(k, length, a.shape[-1])  # [K, L, 16]
-    _, _, q, _, s = _stream_tail(a, proj, attn)
-    w = _block_softmax(s, block_bag, valid, num_bags)
-    pooled = jax.ops.segment_sum(jnp.einsum("kl,klf->kf", w, q), block_bag, num_bags)
+    hidden, proj_dim = proj["0"]["bias"].shape[0], proj["1"]["bias"].shape[0]
+    chunk = _chunk_blocks(k, length, FORWARD_CHUNK_TILES)
+    if chunk == k:  # one pass over all tiles
+        a = _first_layer(tiles, proj["0"]["kernel"], proj["0"]["bias"], dtype)
+        a = a.reshape(k, length, hidden)  # [K, L, 16]
+        _, _, q, _, s = _stream_tail(a, proj, attn)
+        w = _block_softmax(s, block_bag, valid, num_bags)
+        pooled = jax.ops.segment_sum(jnp.einsum("kl,klf->kf", w, q), block_bag, num_bags)
+    else:
+        # In chunks, one pass, with an online softmax per bag (running max, denominator and
+        # weighted sum, rescaled when a later chunk raises the max). Only the first layer's
+        # output (kept for the backward pass) and the scores span all tiles.
+        def step(start, fresh, carry):
+            a_buf, s_buf, m, denom, acc = carry
+            x = _tile_rows(tiles, start * length, chunk * length)
+            a_c = _first_layer(x, proj["0"]["kernel"], proj["0"]["bias"], dtype)
+            a_c = a_c.reshape(chunk, length, hidden)
+            _, _, q, _, s_c = _stream_tail(a_c, proj, attn)
+            bb = _blocks(block_bag, start, chunk)
+            v_c = _blocks(valid, start, chunk) & fresh[:, None]  # each block counted once
+            m_new = jnp.maximum(m, jax.ops.segment_max(
+                jnp.max(jnp.where(v_c, s_c, -jnp.inf), axis=1), bb, num_bags))
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            rescale = jnp.exp(m - m_safe)  # 0 while a bag has no tile yet (m = -inf)
+            e = jnp.where(v_c, jnp.exp(jnp.where(v_c, s_c - m_safe[bb][:, None], 0.0)), 0.0)
+            denom = denom * rescale + jax.ops.segment_sum(jnp.sum(e, axis=1), bb, num_bags)
+            acc = acc * rescale[:, None] + jax.ops.segment_sum(
+                jnp.einsum("kl,klf->kf", e, q), bb, num_bags)
+            return (jax.lax.dynamic_update_slice_in_dim(a_buf, a_c, start, axis=0),
+                    jax.lax.dynamic_update_slice_in_dim(s_buf, s_c, start, axis=0),
+                    m_new, denom, acc)
+
+        init = (jnp.zeros((k, length, hidden), jnp.float32), jnp.zeros((k, length), jnp.float32),
+                jnp.full(num_bags, -jnp.inf, jnp.float32), jnp.zeros(num_bags, jnp.float32),
+                jnp.zeros((num_bags, proj_dim), jnp.float32))
+        a, s, m, denom, acc = _chunk_loop(k, chunk, step, init)
+        m = jnp.where(jnp.isfinite(m), m, 0.0)[block_bag]
+        inv = 1.0 / jnp.where(denom > 0, denom, 1.0)
+        w = jnp.where(valid, jnp.exp(jnp.where(valid, s - m[:, None], 0.0)), 0.0)
+        w = w * inv[block_bag][:, None]
+        pooled = acc * inv[:, None]
     weight_sum = jax.ops.segment_sum(jnp.sum(w, axis=1), block_bag, num_bags)  # 1, or 0 if empty
     local = pooled @ attn["v"]["kernel"] + weight_sum[:, None] * attn["v"]["bias"]
     residuals = (proj, attn, tiles, block_bag, a, w, pooled, weight_sum)
@@ -241,26 +323,6 @@ def attention_stream(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype):
     return _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype)[0]
 
 
-# The backward pass walks the tiles in chunks of about this many (whole blocks): its per-tile
-# intermediates ([runs, chunk, 16] arrays) stay small and in cache whatever the cohort, and the
-# first layer's weight gradient is summed chunk by chunk. None: one pass over all tiles. 8192
-# was the fastest of 2,048-16,384 on the 2-core CPU (experiments/benchmark.py, "step's code").
-BACKWARD_CHUNK_TILES: int | None = 8192
-
-
-def _chunk_loop(k: int, chunk: int, body, init):
-    """carry = body(start, fresh, carry) over chunks of `chunk` blocks covering [0, k). The last
-    chunk is moved back to end at k; `fresh` [chunk] marks the blocks no earlier chunk had."""
-    n = -(-k // chunk)
-
-    def step(i, carry):
-        start = jnp.minimum(i * chunk, k - chunk)
-        fresh = jnp.arange(chunk) + start >= i * chunk
-        return body(start, fresh, carry)
-
-    return jax.lax.fori_loop(0, n, step, init)
-
-
 def _attention_stream_bwd(num_bags, dtype, residuals, cotangents):
     proj, attn, tiles, block_bag, a, w, pooled, weight_sum = residuals
     d_local, d_weights = cotangents
@@ -270,12 +332,10 @@ def _attention_stream_bwd(num_bags, dtype, residuals, cotangents):
     d_pooled_bag = d_local @ wv.T  # [B, 8]
     d_weight_sum_bag = d_local @ bv  # [B]
     d_weights = d_weights.reshape(k, length)
-    chunk = k if not BACKWARD_CHUNK_TILES else max(1, min(k, BACKWARD_CHUNK_TILES // length))
-    if k:  # as many chunks as that needs, of equal size: the last one overlaps little
-        chunk = -(-k // -(-k // chunk))
+    chunk = _chunk_blocks(k, length, BACKWARD_CHUNK_TILES)
 
     def blocks(x, start):
-        return jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=0)
+        return _blocks(x, start, chunk)
 
     # The per-tile features are recomputed from the first layer's output, chunk by chunk,
     # rather than kept: cheap, and far less memory.
@@ -298,7 +358,7 @@ def _attention_stream_bwd(num_bags, dtype, residuals, cotangents):
         dq = w_c[..., None] * d_pooled_bag[bb][:, None, :] + ds[..., None] * key_vec
         d_pre2 = jnp.where(pre2 > 0, dq, 0.0)
         da = jnp.where(a_c > 0, d_pre2 @ proj["1"]["kernel"].T, 0.0).reshape(-1, hidden)
-        x = jax.lax.dynamic_slice_in_dim(tiles, start * length, chunk * length, axis=0)
+        x = _tile_rows(tiles, start * length, chunk * length)
         if dtype == "bfloat16":  # the first layer's weight gradient, [16, chunk] x [chunk, D]
             d_w1 = jnp.dot(da.T.astype(jnp.bfloat16), x.astype(jnp.bfloat16),
                            preferred_element_type=jnp.float32)

@@ -312,6 +312,10 @@ class Store:
         self._g["status"][b] = FAILED
 
 
+# Rows converted per step when tiles change dtype on a copy: no full-size temporary is made.
+COPY_ROWS = 1 << 16
+
+
 @dataclass(frozen=True)
 class PackedBags:
     """Bags ready for training: real tiles only, packed along one axis.
@@ -348,21 +352,32 @@ class PackedBags:
     def tiles_per_bag(self) -> np.ndarray:
         return np.bincount(self.tile_bag, minlength=self.n_bags)
 
-    def subset(self, bags: np.ndarray) -> PackedBags:
-        """The bags selected by a boolean mask or sorted indices, tiles re-indexed to match."""
+    def subset(self, bags: np.ndarray, *, tiles_dtype=None) -> PackedBags:
+        """The bags selected by a boolean mask or sorted indices, tiles re-indexed to match.
+
+        tiles_dtype: the subset's tiles in this dtype (default: as they are), copied a slice
+        at a time, so no full-size copy in the wider dtype is made on the way.
+        """
         idx = np.flatnonzero(bags) if np.asarray(bags).dtype == bool else np.asarray(bags)
         new_index = np.full(self.n_bags, -1, np.int64)
         new_index[idx] = np.arange(len(idx))
-        keep = new_index[self.tile_bag] >= 0
-        order = np.argsort(new_index[self.tile_bag[keep]], kind="stable")
+        kept = np.flatnonzero(new_index[self.tile_bag] >= 0)
+        # One gather per array (never a masked copy first): the tiles are most of the memory.
+        rows = kept[np.argsort(new_index[self.tile_bag[kept]], kind="stable")]
 
         def take_tiles(a):
-            return a[keep][order]
+            return a[rows]
 
         per_bag = {f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)
                    if f.name not in ("tiles", "tile_bag", "tile_view", "tile_boxes", "info")}
+        if tiles_dtype is None or np.dtype(tiles_dtype) == self.tiles.dtype:
+            tiles = take_tiles(self.tiles)
+        else:
+            tiles = np.empty((len(rows), self.tiles.shape[1]), tiles_dtype)
+            for i in range(0, len(rows), COPY_ROWS):
+                tiles[i:i + COPY_ROWS] = self.tiles[rows[i:i + COPY_ROWS]]
         return PackedBags(
-            tiles=take_tiles(self.tiles),
+            tiles=tiles,
             tile_bag=new_index[take_tiles(self.tile_bag)].astype(np.int32),
             tile_view=take_tiles(self.tile_view),
             tile_boxes=take_tiles(self.tile_boxes),
@@ -370,8 +385,8 @@ class PackedBags:
             **per_bag,
         )
 
-    def split(self, name: str) -> PackedBags:
-        return self.subset(self.splits == labels.SPLIT_NAMES.index(name))
+    def split(self, name: str, *, tiles_dtype=None) -> PackedBags:
+        return self.subset(self.splits == labels.SPLIT_NAMES.index(name), tiles_dtype=tiles_dtype)
 
 
 def load_packed(

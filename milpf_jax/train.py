@@ -28,6 +28,7 @@ import optax
 
 from milpf_jax.head import TILE_BLOCK, HeadConfig, MILPFHead, init_params
 from milpf_jax.metrics import auc_jax
+from milpf_jax.store import COPY_ROWS
 
 MODES = ("mil", "instance")
 
@@ -240,7 +241,8 @@ def bag_batch(packed, *, weights=None, dtype=jnp.float32, block: int = TILE_BLOC
     tile_bag = np.asarray(packed.tile_bag, np.int32)
     tiles, tile_valid, block_bag = packed.tiles, np.ones(len(tile_bag), bool), None
     if block > 1:
-        tiles, tile_bag, tile_valid, block_bag = _in_blocks(tiles, tile_bag, packed.n_bags, block)
+        tiles, tile_bag, tile_valid, block_bag = _in_blocks(tiles, tile_bag, packed.n_bags, block,
+                                                            dtype=dtype)
     return BagBatch(
         views=jnp.asarray(packed.views, dtype),
         views_mask=jnp.asarray(packed.views_mask),
@@ -253,9 +255,10 @@ def bag_batch(packed, *, weights=None, dtype=jnp.float32, block: int = TILE_BLOC
     )
 
 
-def _in_blocks(tiles, tile_bag, n_bags: int, block: int):
+def _in_blocks(tiles, tile_bag, n_bags: int, block: int, dtype=None):
     """Tiles packed bag after bag (tile_bag sorted) -> each bag padded to a multiple of `block`
-    with zero tiles. Returns (tiles, tile_bag, tile_valid, block_bag)."""
+    with zero tiles, in `dtype` (default: the tiles'). Returns (tiles, tile_bag, tile_valid,
+    block_bag)."""
     if len(tile_bag) and np.any(np.diff(tile_bag) < 0):
         raise ValueError("tiles must be packed bag after bag (tile_bag sorted) to form blocks")
     counts = np.bincount(tile_bag, minlength=n_bags)
@@ -264,8 +267,9 @@ def _in_blocks(tiles, tile_bag, n_bags: int, block: int):
     first_slot = np.concatenate([[0], np.cumsum(blocks)[:-1]]) * block
     slot = first_slot[tile_bag] + np.arange(len(tile_bag)) - first_tile[tile_bag]
     n_slots = int(blocks.sum()) * block
-    out = np.zeros((n_slots, tiles.shape[1]), tiles.dtype)
-    out[slot] = tiles
+    out = np.zeros((n_slots, tiles.shape[1]), tiles.dtype if dtype is None else dtype)
+    for i in range(0, len(slot), COPY_ROWS):  # cast a slice at a time
+        out[slot[i:i + COPY_ROWS]] = tiles[i:i + COPY_ROWS]
     valid = np.zeros(n_slots, bool)
     valid[slot] = True
     block_bag = np.repeat(np.arange(n_bags, dtype=np.int32), blocks)
@@ -329,7 +333,7 @@ def make_train_data(packed, cfg: TrainConfig, *, dtype=None, block: int = TILE_B
     """
     if dtype is None:
         dtype = jnp.bfloat16 if cfg.head.first_layer_dtype == "bfloat16" else jnp.float32
-    tr, va = packed.split("train"), packed.split("val")
+    tr, va = packed.split("train", tiles_dtype=dtype), packed.split("val", tiles_dtype=dtype)
     if tr.n_bags == 0:
         raise ValueError(f"the training split is empty: no bags to train on "
                          f"({_split_origin(packed)})")

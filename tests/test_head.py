@@ -173,7 +173,7 @@ def ragged_bags(seed, counts, d=24):
 
 @pytest.mark.parametrize("block,dtype,chunk_tiles", [
     (1, "float32", None), (16, "float32", None), (16, "bfloat16", None),
-    # The backward pass in chunks. 9 blocks: at most 2 a chunk gives 5 chunks of 2, the last
+    # Both passes in chunks. 9 blocks: at most 2 a chunk gives 5 chunks of 2, the last
     # moved back over one block of the fourth; at most 4 gives 3 whole chunks of 3. 82 single
     # tiles, at most 20 a chunk: 5 chunks of 17, the last overlapping by 3.
     (16, "float32", 32), (16, "float32", 64), (1, "float32", 20),
@@ -183,6 +183,7 @@ def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles, mo
     from milpf_jax.head import attention_stream
 
     monkeypatch.setattr(head, "BACKWARD_CHUNK_TILES", chunk_tiles)
+    monkeypatch.setattr(head, "FORWARD_CHUNK_TILES", chunk_tiles)
     from milpf_jax.train import _in_blocks
 
     counts = [0, 1, 5, 16, 17, 40, 0, 3]
