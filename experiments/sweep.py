@@ -51,13 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--cohort", help=f"manifest CSV, mias:DIR or phantom "
                                       f"(default: {DEFAULT_COHORT})")
     try:
-        from milpf_jax.extract import ExtractConfig
+        from milpf_jax.extract import FIELD_HELP, ExtractConfig
     except ImportError:  # the imaging half is optional for --store runs
         ExtractConfig = None
     if ExtractConfig is not None:
-        from milpf_jax.encoders import ENCODERS
+        from milpf_jax.breast import PRESETS
+        from milpf_jax.encoders import ENCODERS, PRECISIONS
 
-        add_config_flags(src, ExtractConfig, choices={"encoder": sorted(ENCODERS)})
+        add_config_flags(src, ExtractConfig, help=FIELD_HELP, choices={
+            "encoder": sorted(ENCODERS), "preset": PRESETS, "precision": PRECISIONS})
     p.add_argument("--out", help="run folder (default: runs/<cohort>-<encoder>-<UTC time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     train = p.add_argument_group("training (defaults reproduce the paper)")
