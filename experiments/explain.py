@@ -28,13 +28,8 @@ import sys
 import time
 
 from milpf_jax.cli import command_line
-from milpf_jax.explain import (
-    BOX_THRESHOLD,
-    DEFAULT_OVERLAP,
-    IOU_THRESHOLD,
-    explain_run,
-    format_report,
-)
+from milpf_jax.detection import IOU_THRESHOLD
+from milpf_jax.explain import BOX_THRESHOLD, DEFAULT_OVERLAP, explain_run, format_report
 
 
 def build_parser() -> argparse.ArgumentParser:

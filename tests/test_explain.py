@@ -21,22 +21,24 @@ import pytest
 from PIL import Image
 from test_extract import STANDIN, StandIn, install_standin, standin_spec
 
+from milpf_jax.detection import (
+    Truth,
+    average_precision,
+    detection_report,
+    localisation,
+    peak_point,
+    point_to_box,
+    size_bucket,
+)
 from milpf_jax.explain import (
     Explainer,
-    Truth,
     attention_map,
-    average_precision,
     boxes_from_map,
-    detection_report,
     explain_bag,
     explain_run,
     load_explainer,
-    localisation,
     overlay_image,
-    peak_point,
-    point_to_box,
     run_cohort_spec,
-    size_bucket,
 )
 
 REPO = Path(__file__).resolve().parents[1]
