@@ -25,6 +25,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -79,7 +80,8 @@ class BenchConfig:
     zarr) and hand the workers packed arrays instead. compile_cache: share JAX's persistent
     compilation cache between the workers (quick only: compile times then include cache loads).
     extra_xla_flags: XLA_FLAGS for every JAX worker (quick: less optimisation, faster compiles;
-    its timings are a smoke test, not a measurement).
+    its timings are a smoke test, not a measurement). synthetic_block_bags: draw the cohort in
+    independently seeded blocks of this many bags, in parallel (SyntheticConfig.block_bags).
     """
 
     n_bags: int = 2000
@@ -103,6 +105,7 @@ class BenchConfig:
     compile_cache: bool = False
     extra_xla_flags: tuple[str, ...] = ()
     step_variants: tuple[str, ...] = tuple(STEP_VARIANTS)
+    synthetic_block_bags: int | None = None
 
     def __post_init__(self):
         bad_rows = sorted(set(self.rows) - {"1", "2", "3", "4", "5"})
@@ -123,7 +126,7 @@ class BenchConfig:
         """The synthetic cohort; the first n bags of a bigger cohort are the same bags."""
         return SyntheticConfig(n_bags=n_bags or self.n_bags, dim=self.dim,
                                min_tiles=self.min_tiles, max_tiles=self.max_tiles,
-                               n_views=self.n_views)
+                               n_views=self.n_views, block_bags=self.synthetic_block_bags)
 
     def replace(self, **changes) -> BenchConfig:
         return dataclasses.replace(self, **changes)
@@ -144,7 +147,7 @@ SCALES = {
     "embed": BenchConfig(n_bags=50_000, max_tiles=300, rows=("1", "2", "5"), scaling_seeds=(),
                          scaling_bags=(), trick_variants=(), step_variants=(), shard_devices=0,
                          fit_dtypes=("bfloat16", "float32"), data_dtype="bfloat16",
-                         in_memory=True),
+                         in_memory=True, synthetic_block_bags=1000),
 }
 
 
@@ -217,22 +220,25 @@ def synthetic_packed(cfg: SyntheticConfig, *, split_seed: int = 0,
     too big to be worth writing. Tiles [N, D] are packed bag after bag.
     """
     np_dtype = _numpy_dtype(dtype)
-    tiles, views, tile_bag, tile_view, boxes, plans = [], [], [], [], [], []
-    for b, (plan, v, t) in enumerate(synthetic_bags(cfg)):
-        plans.append(plan)
-        # Held as float16 until the one concatenation: half the peak memory of float32.
-        views.append(v.astype(np.float16))
-        tiles.append(t.astype(np.float16))
-        tile_bag.append(np.full(len(t), b, np.int32))
-        tile_view.append(plan.tile_boxes[:, 0])
-        boxes.append(plan.tile_boxes[:, 1:])
+    threads = 1
+    if cfg.block_bags:  # blocks drawn by threads (numpy releases the GIL while it draws)
+        starts = range(0, cfg.n_bags, cfg.block_bags)
+        threads = max(1, min(len(starts), os.cpu_count() or 1))
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(lambda s: _draw(cfg, s, s + cfg.block_bags), starts))
+    else:
+        parts = [_draw(cfg, 0, cfg.n_bags)]
+    plans, views, tiles, tile_view, boxes = ([x for part in parts for x in part[i]]
+                                             for i in range(5))
+    del parts
+    tile_bag = [np.full(len(t), b, np.int32) for b, t in enumerate(tiles)]
     raw = np.array([p.raw_label for p in plans])
     patients = np.array([p.patient_id for p in plans])
     mapping, table = labels.resolve_mapping(None, "binary")
     splits = labels.make_splits(patients, raw, np.full(len(plans), -1, np.int8), seed=split_seed)
     d = cfg.dim
     return PackedBags(
-        tiles=_concatenate_as(tiles, np_dtype, d),
+        tiles=_concatenate_as(tiles, np_dtype, d, threads),
         tile_bag=np.concatenate(tile_bag),
         tile_view=np.concatenate(tile_view).astype(np.int32),
         tile_boxes=np.concatenate(boxes).astype(np.int32).reshape(-1, 4),
@@ -249,13 +255,36 @@ def synthetic_packed(cfg: SyntheticConfig, *, split_seed: int = 0,
     )
 
 
-def _concatenate_as(parts: list, dtype, dim: int) -> np.ndarray:
-    """Concatenate [n_i, dim] arrays into one new array of `dtype`, without a temporary."""
-    out = np.empty((sum(len(p) for p in parts), dim), dtype)
-    pos = 0
-    for p in parts:
-        out[pos:pos + len(p)] = p
-        pos += len(p)
+def _draw(cfg: SyntheticConfig, start: int, stop: int) -> tuple[list, ...]:
+    """Bags [start, stop) of the synthetic cohort: plans, views, tiles (float16, the store's disk
+    format: also half the memory of float32 until the one concatenation), tile views, boxes."""
+    plans, views, tiles, tile_view, boxes = [], [], [], [], []
+    for plan, v, t in synthetic_bags(cfg, start, stop):
+        plans.append(plan)
+        views.append(v.astype(np.float16))
+        tiles.append(t.astype(np.float16))
+        tile_view.append(plan.tile_boxes[:, 0])
+        boxes.append(plan.tile_boxes[:, 1:])
+    return plans, views, tiles, tile_view, boxes
+
+
+def _concatenate_as(parts: list, dtype, dim: int, threads: int = 1) -> np.ndarray:
+    """Concatenate [n_i, dim] arrays into one new array of `dtype`, without a temporary; with
+    threads > 1, contiguous runs of parts are copied (and cast) by that many threads."""
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)])
+    out = np.empty((int(offsets[-1]), dim), dtype)
+
+    def copy(run: range) -> None:
+        for i in run:
+            out[offsets[i]:offsets[i + 1]] = parts[i]
+
+    bounds = np.linspace(0, len(parts), max(1, threads) + 1).astype(int)
+    runs = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if len(runs) == 1:
+        copy(runs[0])
+    else:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(copy, runs))
     return out
 
 

@@ -30,14 +30,26 @@ class SyntheticConfig:
     bags_per_patient: int = 2
     seed: int = 0                  # draws the bags
     signal_seed: int = 0           # draws the lesion direction: stores that share it share a task
+    # None: one random stream draws every bag in turn. N: each block of N bags has its own
+    # stream, seeded (seed, block), so blocks can be drawn in parallel (`synthetic_bags` start).
+    block_bags: int | None = None
 
 
-def synthetic_bags(cfg: SyntheticConfig):
-    """Yield (BagPlan, global [V, D], tiles [T, D]) with the planted signal; deterministic."""
+def synthetic_bags(cfg: SyntheticConfig, start: int = 0, stop: int | None = None):
+    """Yield (BagPlan, global [V, D], tiles [T, D]) with the planted signal; deterministic.
+
+    start, stop: only bags [start, stop); start must begin a block (cfg.block_bags), or be 0.
+    """
+    stop = cfg.n_bags if stop is None else min(stop, cfg.n_bags)
+    if start and not (cfg.block_bags and start % cfg.block_bags == 0):
+        raise ValueError(f"synthetic bags from {start}: a start other than 0 must begin a block "
+                         f"(block_bags={cfg.block_bags})")
     rng = np.random.default_rng(cfg.seed)
     direction = np.random.default_rng(cfg.signal_seed).standard_normal(cfg.dim).astype(np.float32)
     direction /= np.linalg.norm(direction)
-    for b in range(cfg.n_bags):
+    for b in range(start, stop):
+        if cfg.block_bags and b % cfg.block_bags == 0:
+            rng = np.random.default_rng([cfg.seed, b // cfg.block_bags])
         positive = rng.random() < cfg.positive_fraction
         t = int(rng.integers(cfg.min_tiles, cfg.max_tiles + 1))
         tiles = rng.standard_normal((t, cfg.dim)).astype(np.float32) / np.sqrt(cfg.dim)

@@ -157,6 +157,30 @@ def test_synthetic_packed_equals_the_store_loaded(tmp_path):
     assert got.tiles.dtype == np.float32 and len(got.tiles) > 30
 
 
+def test_block_seeded_cohort_is_drawn_in_parallel_and_equals_its_serial_draw(tmp_path):
+    """--scale embed draws its 50,000 bags in blocks of 1,000 on every core: the same bags as
+    drawing the blocks one after another, and each block as drawing it alone."""
+    from milpf_jax.synthetic import synthetic_bags
+
+    cfg = SyntheticConfig(n_bags=35, dim=8, max_tiles=6, seed=3, block_bags=10)
+    serial = list(synthetic_bags(cfg))
+    alone = list(synthetic_bags(cfg, 20, 30))
+    for (_, v, t), (_, v2, t2) in zip(serial[20:30], alone, strict=True):
+        np.testing.assert_array_equal(t, t2)
+        np.testing.assert_array_equal(v, v2)
+    got = bench.synthetic_packed(cfg)
+    np.testing.assert_array_equal(
+        got.tiles, np.concatenate([t for _, _, t in serial]).astype(np.float16).astype(np.float32))
+    assert got.bag_ids.tolist() == [p.bag_id for p, _, _ in serial]
+    # Blocks have their own streams: bag 10 differs from the one-stream cohort's bag 10.
+    one_stream = list(synthetic_bags(SyntheticConfig(n_bags=35, dim=8, max_tiles=6, seed=3)))
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(serial[:10], one_stream[:10]))
+    assert not np.array_equal(serial[10][1], one_stream[10][1])
+    with pytest.raises(ValueError, match="begin a block"):
+        next(synthetic_bags(cfg, 5))
+    assert bench.SCALES["embed"].synthetic().block_bags == 1000
+
+
 def test_save_and_open_packed_keep_bfloat16_bits(tmp_path):
     packed = bench.synthetic_packed(SyntheticConfig(n_bags=12, dim=8, max_tiles=4),
                                     dtype="bfloat16")
