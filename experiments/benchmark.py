@@ -7,13 +7,12 @@ devices.
     python experiments/benchmark.py --scale embed    # GPU: 50,000 bags, the full 36-run sweep
 
 Reference (2026-11-26, 2-core AMD EPYC with avx512_bf16 and no AMX, a shared machine, so
-+-10% between runs; `--no-scaling --no-tricks`, 12 min): seconds per 36-run epoch, 1,400
-training bags, 175,883 training tiles, D=1152: (1) 10.4, (2) 8.7, (3) 6.8, (4) 7.6, (5) f32 3.8
-(2.7x (1)), (5) bf16 first layer 2.40 (4.3x (1), 3.6x (2)); rooflines, TFLOP/s: JAX f32 0.20,
-bf16 0.37, PyTorch bf16 0.36. The step's code tricks, bf16: autodiff on packed tiles 3.04,
-hand-written VJP 2.61, + 16-tile blocks 2.66, + bf16 embeddings 2.54, + chunked backward 2.26.
-Peak RSS of (5) in bf16: 11.7 GiB at 4,000 bags; 8,000 did not fit 24 GiB (before the chunked
-backward).
++-10% between runs; the full default run, 19 min): seconds per 36-run epoch, 1,400 training
+bags, 175,883 training tiles, D=1152: (1) 10.1, (2) 9.8, (3) 10.4, (4) 7.6, (5) f32 3.9 (2.6x
+(1)), (5) bf16 first layer 2.19 (4.6x (1), 4.5x (2)); rooflines, TFLOP/s: JAX f32 0.19, bf16
+0.36, PyTorch bf16 0.36. The step's code tricks, bf16: autodiff on packed tiles 3.06,
+hand-written VJP 2.63, + 16-tile blocks 2.89, + bf16 embeddings 2.69, + chunked backward 2.12,
++ chunked forward 2.25. Peak RSS of (5) in bf16: 8.4 GiB at 4,000 bags, 16.7 GiB at 8,000.
 
 One synthetic cohort is made in the run (default: 2,000 bags through a zarr store, 0-256 tiles
 per bag, D=1152, two views; `--scale embed` packs 50,000 bags in memory instead, as the GPU

@@ -6,15 +6,16 @@ For each precision the cohort's first --max-bags bags are extracted into a fresh
 and tiling in --workers processes, overlapped with the forward pass), then the same encoder
 inputs, held in memory, are embedded alone (`milpf_jax.extract.measure_throughput`).
 
-Measured with all 80 mini-MIAS bags (950 inputs), EfficientNet-Lite0, batch 32, 2 workers, on a
-2-core AMD EPYC CPU (avx512_bf16) shared with other jobs (load average 2.4-4), 5 min wall:
+Measured on the phantom's first 200 bags (`--cohort phantom --max-bags 200`: 3,788 inputs),
+EfficientNet-Lite0, batch 32, 2 workers, on the 2-core AMD EPYC CPU (avx512_bf16, no AMX),
+otherwise idle, 2026-11-26, 6 min wall:
 
     precision  extraction/s  forward/s  ratio
-    float32            11.2       11.2   1.00
-    bfloat16           16.6       18.0   0.92
+    float32            32.6       33.9   0.96
+    bfloat16           81.1      104.3   0.78
 
-Reading and tiling hide behind the forward pass; absolute rates here are 2-3x below those of
-an idle machine. Rates depend on the machine and its load: compare rows of one run only.
+Reading and tiling run in the workers beside the forward pass. Rates depend on the machine and
+its load: compare rows of one run only.
 """
 
 from __future__ import annotations
