@@ -36,7 +36,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from milpf_jax.head import HeadConfig, init_params
+from milpf_jax.head import HeadConfig, init_params, shape_differences
 from milpf_jax.inference import Head
 
 FORMAT = "milpf_jax.head"
@@ -99,18 +99,6 @@ def _older_hint(mngr, step: int) -> str:
     """'; step=N ...' naming the newest step older than `step`, or '' when there is none."""
     older = [s for s in sorted(mngr.all_steps()) if s < step]
     return f"; an older step can be loaded with step={older[-1]}" if older else ""
-
-
-def _shape_differences(found: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
-    """Human-readable differences between two {name: shape} maps; empty when they agree."""
-    diffs = [f"missing {k} (expected shape {expected[k]})" for k in expected if k not in found]
-    diffs += [f"unexpected {k} (shape {found[k]})" for k in found if k not in expected]
-    diffs += [
-        f"{k}: shape {found[k]}, expected {expected[k]}"
-        for k in expected
-        if k in found and found[k] != expected[k]
-    ]
-    return diffs
 
 
 def _params_template(cfg: HeadConfig):
@@ -273,7 +261,7 @@ def save_head(directory, head: Head, metadata: dict | None = None) -> Path:
 
     cfg = head.config
     expected = _param_shapes(_params_template(cfg))
-    diffs = _shape_differences(_param_shapes(head.params), expected)
+    diffs = shape_differences(_param_shapes(head.params), expected)
     if diffs:
         raise ValueError(
             f"cannot save to {directory}: params do not match their HeadConfig {cfg} "
@@ -337,7 +325,7 @@ def load_head(directory, step: int | None = None) -> Head:
                 f"{where / PARAMS} is unreadable (truncated or corrupt?): {err}"
                 f"{_older_hint(mngr, step)}"
             ) from err
-        diffs = _shape_differences(stored, _param_shapes(template))
+        diffs = shape_differences(stored, _param_shapes(template))
         if diffs:
             raise ValueError(
                 f"{where}: stored params do not match its config {cfg}: " + "; ".join(diffs)

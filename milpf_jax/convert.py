@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from milpf_jax.head import HeadConfig
+from milpf_jax.head import HeadConfig, shape_differences
 from milpf_jax.inference import Head
 
 # Linear layers of the original and where they live in the Flax parameter tree.
@@ -136,13 +136,7 @@ def from_torch_state_dict(state_dict) -> Head:
     dim, hidden, proj = _infer_sizes(sd, where)
     expected = _expected_shapes(dim, hidden, proj)
     found = {k: _shape(v) for k, v in sd.items()}
-    problems = [f"missing {k} {expected[k]}" for k in expected if k not in found]
-    problems += [f"unexpected {k} {found[k]}" for k in found if k not in expected]
-    problems += [
-        f"{k}: shape {found[k]}, expected {expected[k]}"
-        for k in expected
-        if k in found and found[k] != expected[k]
-    ]
+    problems = shape_differences(found, expected)
     if problems:
         raise ValueError(
             f"{where} is not an original MIL-PF head (MILPFAttnTrexModel, D={dim}, "

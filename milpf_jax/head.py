@@ -460,6 +460,19 @@ def pad_to_packed(tiles, tiles_mask):
     return tiles.reshape(b * t, d), tile_bag, tiles_mask.reshape(b * t)
 
 
+def shape_differences(found: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
+    """Human-readable differences between two {parameter name: shape} maps (a checkpoint's or
+    an imported state dict's against a head's); empty when they agree."""
+    diffs = [f"missing {k} (expected shape {expected[k]})" for k in expected if k not in found]
+    diffs += [f"unexpected {k} (shape {found[k]})" for k in found if k not in expected]
+    diffs += [
+        f"{k}: shape {found[k]}, expected {expected[k]}"
+        for k in expected
+        if k in found and found[k] != expected[k]
+    ]
+    return diffs
+
+
 def count_params(params) -> int:
     return sum(x.size for x in jax.tree_util.tree_leaves(params))
 

@@ -148,8 +148,8 @@ def test_missing_extra_and_misshaped_keys_are_all_listed():
     with pytest.raises(ValueError) as err:
         from_torch_state_dict(sd)
     msg = str(err.value)
-    assert "missing k.bias (8,)" in msg
-    assert "unexpected temperature (1,)" in msg
+    assert "missing k.bias (expected shape (8,))" in msg
+    assert "unexpected temperature (shape (1,))" in msg
     assert "v.weight: shape (8, 4), expected (8, 8)" in msg
 
 
