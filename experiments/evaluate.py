@@ -38,6 +38,9 @@ def main(argv=None) -> int:
           f"{res['data']['positives']} positive")
     for k in TABLE_METRICS:
         print(f"  {k:<24} {_fmt_ci(res['test'][k])}")
+    if res["test_exam"]:
+        n = int(res["test_exam"]["n"]["value"])
+        print(f"  {'auc, exam level':<24} {_fmt_ci(res['test_exam']['auc'])}  ({n} exams)")
     print(f"wrote {out}")
     return 0
 

@@ -122,6 +122,35 @@ def best_with_ci(y, p, patient_ids, y_val, p_val, *, n_boot, seed=0):
     return {k: dict(value=v, ci95=list(ci[k]) if k in ci else None) for k, v in point.items()}
 
 
+def _exam_level_best(packed, p, test, val, cfg) -> dict | None:
+    """The best run's test metrics at exam level (metrics.exam_level), with 95% CIs; None when
+    the bag ids carry no exam or a split's exams lack a class."""
+    y = packed.labels.astype(int)
+    exam_test = metrics.exam_level(packed.bag_ids[test], y[test], p[test],
+                                   packed.patient_ids[test])
+    exam_val = metrics.exam_level(packed.bag_ids[val], y[val], p[val], packed.patient_ids[val])
+    if exam_test is None or exam_val is None:
+        return None
+    (_, ye, pe, patients), (_, yv, pv, _) = exam_test, exam_val
+    if len(np.unique(ye)) < 2 or len(np.unique(yv)) < 2:
+        return None
+    return best_with_ci(ye, pe, patients, yv, pv, n_boot=cfg.bootstrap, seed=cfg.init_seed)
+
+
+def _exam_counts(packed) -> dict | None:
+    """Exams and positive exams per split; None when the bag ids carry no exam."""
+    y = packed.labels.astype(int)
+    out = {}
+    for i, name in enumerate(labels.SPLIT_NAMES):
+        m = packed.splits == i
+        exams = metrics.exam_level(packed.bag_ids[m], y[m], y[m], packed.patient_ids[m])
+        if exams is None and m.any():
+            return None
+        out[name] = dict(exams=0 if exams is None else len(exams[0]),
+                         positives=0 if exams is None else int(exams[1].sum()))
+    return out
+
+
 def write_predictions(path: Path, packed, probs: np.ndarray, best: int) -> None:
     """One row per bag: ids, split, raw and mapped label, p of the best run and of every run."""
     tmp = path.with_suffix(".tmp")
@@ -188,6 +217,7 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
     y = packed.labels.astype(int)
     best_test = best_with_ci(y[test], probs[best, test], packed.patient_ids[test], y[val],
                              probs[best, val], n_boot=cfg.bootstrap, seed=cfg.init_seed)
+    best_test_exam = _exam_level_best(packed, probs[best], test, val, cfg)
     runs = [dict(t, best_epoch=int(state.best_epoch[r]),
                  val_auc_during_training=float(state.best_val_auc[r]), **run_metrics[r])
             for r, t in enumerate(table)]
@@ -206,12 +236,13 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
             positives={s: int(np.sum(packed.labels[packed.splits == i]))
                        for i, s in enumerate(labels.SPLIT_NAMES)},
             tiles=int(len(packed.tiles)), dim=int(packed.dim),
+            exams=_exam_counts(packed),
         ),
         runs=runs,
         summary=summarize(run_metrics, "test"),
         summary_val=summarize(run_metrics, "val"),
         best=dict(run=best, **table[best], best_epoch=int(state.best_epoch[best]),
-                  val=run_metrics[best]["val"], test=best_test),
+                  val=run_metrics[best]["val"], test=best_test, test_exam=best_test_exam),
         timing=dict(load_seconds=load_seconds, compile_seconds=result.compile_seconds,
                     train_seconds=result.train_seconds, epochs_run=result.epochs_run,
                     runs=len(table)),
@@ -222,6 +253,10 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
                  "resampled together), thresholds fixed on validation.",
             summary="Mean and sample standard deviation across all runs of the grid.",
             best="The run with the highest validation AUC; its test metrics are read once.",
+            test_exam="The best run at exam level: an exam is positive when any of its "
+                      "breasts is and scores its breasts' highest probability; thresholds "
+                      "fixed on validation exams; null when bag ids are not "
+                      "patient/exam/laterality or a split's exams lack a class.",
         ),
     )
     write_predictions(out / "predictions.csv", packed, probs, best)
@@ -253,6 +288,11 @@ def format_table(results: dict) -> str:
     for k in TABLE_METRICS:
         s = results["summary"][k]
         rows.append(f"{k:<24} {_fmt_ci(b['test'][k]):<30} {s['mean']:.3f} ± {s['std']:.3f}")
+    exam = b.get("test_exam")
+    if exam:
+        n_exams = results["data"]["exams"]["test"]["exams"]
+        rows.append(f"{'auc, exam level':<24} {_fmt_ci(exam['auc']):<30} "
+                    f"(best-val run, {n_exams} test exams: max over breasts)")
     d = results["data"]
     head = results["head"]
     rows.insert(0, (f"head: global={head['global_pool']} local={head['local_pool']}  "
@@ -285,6 +325,13 @@ def format_markdown(results: dict) -> str:
     for k in TABLE_METRICS + ("bacc_oracle",):
         s = results["summary"][k]
         lines.append(f"| {k} | {_fmt_ci(b['test'][k])} | {s['mean']:.3f} ± {s['std']:.3f} |")
+    exam = b.get("test_exam")
+    if exam:
+        n_exams = results["data"]["exams"]["test"]["exams"]
+        lines += ["", f"Exam level (best-val run, {n_exams} test exams; an exam is positive when "
+                  "any of its breasts is, scored by its highest breast probability; thresholds "
+                  "on validation exams):", "", "| metric | test [95% CI] |", "|---|---|"]
+        lines += [f"| {k} | {_fmt_ci(exam[k])} |" for k in TABLE_METRICS]
     t = results["timing"]
     lines += ["", f"Timing: compile {t['compile_seconds']:.1f} s, training "
               f"{t['train_seconds']:.1f} s ({t['epochs_run']} epochs, {t['runs']} runs in one "
@@ -293,17 +340,22 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_validation_predictions(run_dir) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, p_best) of the validation bags of a finished run, from its predictions.csv."""
+def read_validation_predictions(run_dir, *, ids: bool = False):
+    """(labels, p_best) of the validation bags of a finished run, from its predictions.csv;
+    with ids=True, (bag_ids, patient_ids, labels, p_best)."""
     path = Path(run_dir) / "predictions.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a finished sweep folder (no predictions.csv)")
-    y, p = [], []
+    bag_ids, patients, y, p = [], [], [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row["split"] == "val":
+                bag_ids.append(row["bag_id"])
+                patients.append(row["patient_id"])
                 y.append(int(row["label"]))
                 p.append(float(row["p_best"]))
+    if ids:
+        return np.array(bag_ids), np.array(patients), np.array(y), np.array(p)
     return np.array(y), np.array(p)
 
 
@@ -337,14 +389,22 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
                          f"store (trained, this): {mismatch}")
     params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)  # a run axis
     probs = predict_runs(params, bag_batch(packed), head.config)[0]
-    y_val, p_val = read_validation_predictions(run_dir)
+    val_ids, val_patients, y_val, p_val = read_validation_predictions(run_dir, ids=True)
     y = packed.labels.astype(int)
+    exam_test = metrics.exam_level(packed.bag_ids, y, probs, packed.patient_ids)
+    exam_val = metrics.exam_level(val_ids, y_val, p_val, val_patients)
+    test_exam = None
+    if exam_test is not None and exam_val is not None and len(np.unique(exam_test[1])) == 2 \
+            and len(np.unique(exam_val[1])) == 2:
+        test_exam = best_with_ci(exam_test[1], exam_test[2], exam_test[3], exam_val[1],
+                                 exam_val[2], n_boot=n_boot)
     return dict(
         format_version=RESULTS_FORMAT_VERSION, command=command, run=str(run_dir),
         store=str(packed.info["store"]), store_attrs=attrs, mapping=packed.info["mapping"],
         data=dict(bags=int(packed.n_bags), positives=int(y.sum()),
                   excluded_by_mapping=packed.info["excluded"]),
         test=best_with_ci(y, probs, packed.patient_ids, y_val, p_val, n_boot=n_boot),
+        test_exam=test_exam,
         metric_definitions=metrics.METRIC_DEFINITIONS,
     )
 

@@ -308,6 +308,34 @@ def evaluate(y, p, *, y_val, p_val) -> dict[str, float]:
     }
 
 
+def exam_of_bag(bag_id) -> str | None:
+    """The exam of a bag id made by milpf_jax.cohort, "patient/exam/laterality" -> "patient/exam";
+    None for an id of another form."""
+    parts = str(bag_id).split("/")
+    return "/".join(parts[:2]) if len(parts) == 3 and parts[2] in ("L", "R") else None
+
+
+def exam_level(bag_ids, y, p, patient_ids):
+    """Breast bags -> exams: an exam is positive when any of its breasts is, and scores its
+    breasts' highest probability (the usual screening read-out; a breast the label mapping left
+    out takes no part).
+
+    Returns (exam_ids, y [E], p [E], patient_ids [E]) in exam order, or None when some bag id is
+    not "patient/exam/laterality" (a store not made from a manifest).
+    """
+    exams = [exam_of_bag(b) for b in bag_ids]
+    if not exams or any(e is None for e in exams):
+        return None
+    names, index = np.unique(np.asarray(exams), return_inverse=True)
+    y_exam = np.zeros(len(names), np.int64)
+    p_exam = np.full(len(names), -np.inf)
+    np.maximum.at(y_exam, index, np.asarray(y, np.int64))
+    np.maximum.at(p_exam, index, np.asarray(p, np.float64))
+    patients = np.empty(len(names), dtype=np.asarray(patient_ids).dtype)
+    patients[index] = np.asarray(patient_ids)
+    return names, y_exam, p_exam, patients
+
+
 @dataclasses.dataclass(frozen=True)
 class ValThresholds:
     """Thresholds fixed on validation, handed to every bootstrap metric."""

@@ -72,6 +72,7 @@ def test_external_cohort_uses_the_saved_head(finished_run, tmp_path):
     ext = evaluate_external(root / "run", tmp_path / "ext.zarr", n_boot=100)
     assert ext["data"]["bags"] == 80
     assert ext["test"]["auc"]["value"] > 0.7
+    assert ext["test_exam"] is None  # synthetic bag ids name no exam
     write_synthetic_store(tmp_path / "d8.zarr", SyntheticConfig(n_bags=20, dim=8))
     with pytest.raises(ValueError, match="D=8 embeddings but the head .* D=16"):
         evaluate_external(root / "run", tmp_path / "d8.zarr")
@@ -99,3 +100,39 @@ def test_sweep_cli_flags(tmp_path):
     rc = sweep.main(["--store", str(tmp_path / "s.zarr"), "--seeds", "2", "--epochs", "5",
                      "--bootstrap", "50", "--quiet", "--out", str(tmp_path / "run")])
     assert rc == 0 and (tmp_path / "run" / "results.json").exists()
+
+
+def test_exam_level_metrics_of_the_best_run(finished_run):
+    """Synthetic bag ids carry no exam: null. Ids "patient/exam/laterality": the best run's
+    exam-level metrics, AUC equal to sklearn's on the exams' highest breast probabilities."""
+    import dataclasses
+
+    from sklearn.metrics import roc_auc_score
+
+    from milpf_jax.experiment import _exam_counts, _exam_level_best
+    from milpf_jax.store import load_packed
+
+    root, res = finished_run
+    assert res["best"]["test_exam"] is None and res["data"]["exams"] is None
+    packed = load_packed(root / "s.zarr")
+    # Two breasts per exam, one exam per patient (bags come two per patient here).
+    ids = np.array([f"{p}/E1/{'LR'[b % 2]}" for b, p in enumerate(packed.patient_ids)])
+    packed = dataclasses.replace(packed, bag_ids=ids)
+    rng = np.random.default_rng(0)
+    p = np.clip(packed.labels + rng.normal(0, 0.6, packed.n_bags), 0, 1)
+    test, val = packed.splits == 2, packed.splits == 1
+    out = _exam_level_best(packed, p, test, val, SweepConfig(bootstrap=50))
+    y_exam, p_exam = {}, {}
+    for b in np.flatnonzero(test):
+        e = ids[b].rsplit("/", 1)[0]
+        y_exam[e] = max(y_exam.get(e, 0), int(packed.labels[b]))
+        p_exam[e] = max(p_exam.get(e, 0.0), float(p[b]))
+    keys = sorted(y_exam)
+    assert out["n"]["value"] == len(keys) < test.sum()
+    assert out["auc"]["value"] == pytest.approx(
+        roc_auc_score([y_exam[k] for k in keys], [p_exam[k] for k in keys]))
+    lo, hi = out["auc"]["ci95"]
+    assert lo <= out["auc"]["value"] <= hi
+    counts = _exam_counts(packed)
+    assert counts["test"]["exams"] == len(keys)
+    assert counts["test"]["positives"] == sum(y_exam.values())

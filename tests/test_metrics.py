@@ -301,3 +301,19 @@ def test_bootstrap_refuses_mismatched_patient_ids():
     y, p, pid = _cohort(22, n_patients=10)
     with pytest.raises(ValueError, match="one entry per bag"):
         m.bootstrap_ci(y, p, pid[:-1], m.BOOTSTRAP_METRICS, y_val=y, p_val=p)
+
+
+def test_exam_level_takes_the_highest_breast_of_each_exam():
+    from milpf_jax.metrics import exam_level, exam_of_bag
+
+    assert exam_of_bag("P001/E1/L") == "P001/E1"
+    assert exam_of_bag("P-ab12/E-cd34/R") == "P-ab12/E-cd34"
+    assert exam_of_bag("S00001") is None and exam_of_bag("P1/E1/X") is None
+    bag_ids = ["P1/E1/L", "P1/E1/R", "P1/E2/L", "P2/E1/R", "P2/E1/L"]
+    names, y, p, patients = exam_level(bag_ids, [0, 1, 0, 0, 0], [0.9, 0.2, 0.4, 0.1, 0.3],
+                                       ["P1", "P1", "P1", "P2", "P2"])
+    assert names.tolist() == ["P1/E1", "P1/E2", "P2/E1"]
+    assert y.tolist() == [1, 0, 0]  # positive when any breast is
+    np.testing.assert_allclose(p, [0.9, 0.4, 0.3])  # the exam's highest breast probability
+    assert patients.tolist() == ["P1", "P1", "P2"]
+    assert exam_level(["S00001", "P1/E1/L"], [0, 1], [0.1, 0.2], ["a", "b"]) is None
