@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
             "encoder": sorted(ENCODERS), "preset": PRESETS, "precision": PRECISIONS})
     p.add_argument("--out", help="run folder (default: runs/<cohort>-<encoder>-<UTC time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--split-seeds", type=_int_list, metavar="S1,S2,...",
+                   help="repeat the sweep on each of these patient-grouped splits (one run "
+                        "folder each, OUT/split-<seed>/) and summarise the best-validation "
+                        "runs' test metrics across splits in OUT/splits.json")
     train = p.add_argument_group("training (defaults reproduce the paper)")
     add_config_flags(train, SweepConfig, choices=dict(
         global_pool=GLOBAL_POOLS, local_pool=LOCAL_POOLS, mode=MODES, mapping=sorted(MAPPINGS),
@@ -93,18 +97,49 @@ def resolve_store(args, parser) -> tuple[str, str, str]:
     return str(path), str(Store.open(path).attrs.get("cohort", spec)), xcfg.encoder
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers, e.g. 0,1,2") from None
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct whole numbers, e.g. 0,1,2")
+    return values
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.split_seeds and args.split_seed is not None:
+        parser.error("give --split-seed or --split-seeds, not both")
     cfg = config_from_args(SweepConfig, args)
     command = command_line("experiments/sweep.py", argv)
     t0 = time.perf_counter()
     store, cohort, encoder = resolve_store(args, parser)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(args.out or Path("runs") / f"{cohort}-{encoder}-{stamp}")
+    if args.split_seeds:
+        return _repeated_splits(store, cfg, out, args, command, t0)
     results = run_sweep(store, cfg, out, command=command, progress=not args.quiet)
     print(format_table(results))
     print(f"\nwrote {out}/results.json, results.md, predictions.csv and best/ "
+          f"(total {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _repeated_splits(store, cfg, out: Path, args, command: str, t0: float) -> int:
+    from milpf_jax.experiment import format_splits, summarize_splits, write_json
+
+    results = {}
+    for seed in args.split_seeds:
+        run_dir = out / f"split-{seed}"
+        results[seed] = run_sweep(store, cfg.replace(split_seed=seed), run_dir,
+                                  command=command, progress=not args.quiet)
+        print(f"split seed {seed}:\n{format_table(results[seed])}\n")
+    summary = dict(summarize_splits(results), command=command)
+    write_json(out / "splits.json", summary)
+    print(format_splits(summary))
+    print(f"\nwrote {out}/splits.json and a run folder per split "
           f"(total {time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -340,6 +340,59 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summarize_splits(results_by_seed: dict[int, dict]) -> dict:
+    """Repeated patient-grouped splits: per split seed the best-validation run's test metrics
+    (and exam-level AUC where there is one), then their mean and sample std across splits.
+
+    results_by_seed: split seed -> the results dict of `run_sweep` on that split.
+    """
+    per_split = []
+    for seed, res in sorted(results_by_seed.items()):
+        b = res["best"]
+        row = dict(split_seed=int(seed), run=b["run"], seed=b["seed"], lr=b["lr"],
+                   weight_decay=b["weight_decay"], val_auc=b["val"]["auc"],
+                   test={k: b["test"][k]["value"] for k in TABLE_METRICS},
+                   test_bags=res["data"]["bags"]["test"])
+        if b.get("test_exam"):
+            row["test_exam_auc"] = b["test_exam"]["auc"]["value"]
+        per_split.append(row)
+
+    def spread(values) -> dict:
+        v = np.asarray(values, np.float64)
+        return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                    min=float(v.min()), max=float(v.max()))
+
+    summary = {k: spread([r["test"][k] for r in per_split]) for k in TABLE_METRICS}
+    if all("test_exam_auc" in r for r in per_split):
+        summary["exam_auc"] = spread([r["test_exam_auc"] for r in per_split])
+    return dict(format_version=RESULTS_FORMAT_VERSION, splits=per_split, summary=summary,
+                definition="Each split seed draws its own patient-grouped 70/10/20 split; on "
+                           "each, the run with the highest validation AUC is tested once. "
+                           "Mean and sample std across splits of those test metrics.")
+
+
+_SHORT_NAMES = {"auc": "AUC", "bacc": "bACC", "spec_at_sens90_roc": "Sp@Se90 ROC",
+                "spec_at_sens90_valthr": "Sp@Se90 val", "sens_at_spec90_roc": "Se@Sp90 ROC",
+                "brier": "Brier", "exam_auc": "exam AUC"}
+
+
+def format_splits(summary: dict) -> str:
+    """Plain-text table of `summarize_splits`: one row per split (best-validation run, test
+    metrics), then mean +- std across splits."""
+    keys = list(TABLE_METRICS) + (["exam_auc"] if "exam_auc" in summary["summary"] else [])
+    rows = [f"{'split seed':>10} {'test bags':>9} {'val AUC':>8} "
+            + " ".join(f"{_SHORT_NAMES[k]:>12}" for k in keys)]
+    for r in summary["splits"]:
+        values = [r["test"][k] for k in TABLE_METRICS] + (
+            [r["test_exam_auc"]] if "exam_auc" in keys else [])
+        rows.append(f"{r['split_seed']:>10} {r['test_bags']:>9} {r['val_auc']:>8.3f} "
+                    + " ".join(f"{v:>12.3f}" for v in values))
+    s = summary["summary"]
+    rows.append(f"{'mean ± std':>10} {'':>9} {'':>8} "
+                + " ".join(f"{s[k]['mean']:.3f}±{s[k]['std']:.3f}".rjust(12) for k in keys))
+    return "\n".join(rows)
+
+
 def read_validation_predictions(run_dir, *, ids: bool = False):
     """(labels, p_best) of the validation bags of a finished run, from its predictions.csv;
     with ids=True, (bag_ids, patient_ids, labels, p_best)."""

@@ -100,6 +100,30 @@ def test_sweep_cli_flags(tmp_path):
     rc = sweep.main(["--store", str(tmp_path / "s.zarr"), "--seeds", "2", "--epochs", "5",
                      "--bootstrap", "50", "--quiet", "--out", str(tmp_path / "run")])
     assert rc == 0 and (tmp_path / "run" / "results.json").exists()
+    # Repeated splits: a run folder per split seed, each test split a different set of
+    # patients, and splits.json summarising the best-validation runs across them.
+    rc = sweep.main(["--store", str(tmp_path / "s.zarr"), "--seeds", "2", "--epochs", "5",
+                     "--bootstrap", "0", "--quiet", "--out", str(tmp_path / "rep"),
+                     "--split-seeds", "0,4"])
+    summary = json.loads((tmp_path / "rep" / "splits.json").read_text())
+    per_run = [json.loads((tmp_path / "rep" / f"split-{s}" / "results.json").read_text())
+               for s in (0, 4)]
+    assert rc == 0 and [r["split_seed"] for r in summary["splits"]] == [0, 4]
+    assert [r["data"]["split_seed"] for r in per_run] == [0, 4]
+    aucs = [r["best"]["test"]["auc"]["value"] for r in per_run]
+    assert [r["test"]["auc"] for r in summary["splits"]] == aucs
+    assert summary["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
+    assert summary["summary"]["auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
+    test_patients = []
+    for s in (0, 4):
+        with open(tmp_path / "rep" / f"split-{s}" / "predictions.csv", newline="") as f:
+            test_patients.append({r["patient_id"] for r in csv.DictReader(f)
+                                  if r["split"] == "test"})
+    assert test_patients[0] != test_patients[1]
+    with pytest.raises(SystemExit):  # one of the two split flags
+        sweep.main(["--store", "x.zarr", "--split-seeds", "0,1", "--split-seed", "2"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--split-seeds", "1,1"])
 
 
 def test_exam_level_metrics_of_the_best_run(finished_run):
