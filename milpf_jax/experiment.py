@@ -137,6 +137,13 @@ def _exam_level_best(packed, p, test, val, cfg) -> dict | None:
     return best_with_ci(ye, pe, patients, yv, pv, n_boot=cfg.bootstrap, seed=cfg.init_seed)
 
 
+def _reliability(y, p, n_bins: int = 10) -> dict:
+    """metrics.reliability_curve as JSON-ready lists; an empty bin's means are null."""
+    curve = metrics.reliability_curve(y, p, n_bins=n_bins)
+    return {k: [None if isinstance(x, float) and not np.isfinite(x) else x
+                for x in np.asarray(v).tolist()] for k, v in curve.items()}
+
+
 def _exam_counts(packed) -> dict | None:
     """Exams and positive exams per split; None when the bag ids carry no exam."""
     y = packed.labels.astype(int)
@@ -242,7 +249,8 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
         summary=summarize(run_metrics, "test"),
         summary_val=summarize(run_metrics, "val"),
         best=dict(run=best, **table[best], best_epoch=int(state.best_epoch[best]),
-                  val=run_metrics[best]["val"], test=best_test, test_exam=best_test_exam),
+                  val=run_metrics[best]["val"], test=best_test, test_exam=best_test_exam,
+                  test_reliability=_reliability(y[test], probs[best, test])),
         timing=dict(load_seconds=load_seconds, compile_seconds=result.compile_seconds,
                     train_seconds=result.train_seconds, epochs_run=result.epochs_run,
                     runs=len(table)),
@@ -253,6 +261,10 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
                  "resampled together), thresholds fixed on validation.",
             summary="Mean and sample standard deviation across all runs of the grid.",
             best="The run with the highest validation AUC; its test metrics are read once.",
+            test_reliability="The best run's test calibration: 10 equal-width bins of "
+                             "predicted probability, (a, b] (the first also holds 0), with the "
+                             "bag count, mean predicted probability and observed fraction of "
+                             "positives of each.",
             test_exam="The best run at exam level: an exam is positive when any of its "
                       "breasts is and scores its breasts' highest probability; thresholds "
                       "fixed on validation exams; null when bag ids are not "
@@ -332,6 +344,16 @@ def format_markdown(results: dict) -> str:
                   "any of its breasts is, scored by its highest breast probability; thresholds "
                   "on validation exams):", "", "| metric | test [95% CI] |", "|---|---|"]
         lines += [f"| {k} | {_fmt_ci(exam[k])} |" for k in TABLE_METRICS]
+    rel = b.get("test_reliability")
+    if rel:
+        lines += ["", "Calibration (best-val run, test bags; `brier` above):", "",
+                  "| predicted probability | bags | mean predicted | observed positive |",
+                  "|---|---|---|---|"]
+        edges = rel["bin_edges"]
+        for i, n in enumerate(rel["counts"]):
+            if n:
+                lines.append(f"| {'[(' [i > 0]}{edges[i]:.1f}, {edges[i + 1]:.1f}] | {n} | "
+                             f"{rel['mean_predicted'][i]:.3f} | {rel['observed_fraction'][i]:.3f} |")
     t = results["timing"]
     lines += ["", f"Timing: compile {t['compile_seconds']:.1f} s, training "
               f"{t['train_seconds']:.1f} s ({t['epochs_run']} epochs, {t['runs']} runs in one "

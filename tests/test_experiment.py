@@ -42,6 +42,16 @@ def test_results_json_schema_and_honest_selection(finished_run):
     assert on_disk["summary"]["auc"]["mean"] == pytest.approx(test_aucs.mean())
     assert on_disk["summary"]["auc"]["std"] == pytest.approx(test_aucs.std(ddof=1))
     assert "bacc_oracle" in on_disk["metric_definitions"]
+    # Calibration of the best run on the test bags: counts add up, means match predictions.
+    rel = on_disk["best"]["test_reliability"]
+    with open(root / "run" / "predictions.csv", newline="") as f:
+        p_test = np.array([float(r["p_best"]) for r in csv.DictReader(f) if r["split"] == "test"])
+    assert sum(rel["counts"]) == len(p_test) == on_disk["data"]["bags"]["test"]
+    top = int(np.argmax(rel["counts"]))
+    lo, hi = rel["bin_edges"][top], rel["bin_edges"][top + 1]
+    in_top = p_test[(p_test <= hi) & ((p_test > lo) | (top == 0))]
+    assert rel["mean_predicted"][top] == pytest.approx(in_top.mean(), abs=1e-5)
+    assert all(m is None for m, n in zip(rel["mean_predicted"], rel["counts"]) if n == 0)
     md = (root / "run" / "results.md").read_text()
     assert "sweep test" in md and "| auc |" in md
 
