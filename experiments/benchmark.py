@@ -423,7 +423,17 @@ class Runner:
     def __init__(self, cfg: bench.BenchConfig, data: str, out: Path, work: Path):
         self.cfg, self.data, self.out, self.work = cfg, data, out, work
         self.errors: list[str] = []
+        self.partial: dict[str, dict | None] = {}
         (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    def _keep(self, name: str, result: dict | None) -> dict | None:
+        """Record a worker's result in OUT/partial.json as it comes: a run stopped part-way
+        (a time limit on a lent machine) still leaves the rows it finished."""
+        self.partial[name] = result
+        tmp = self.out / "partial.json.tmp"
+        tmp.write_text(json.dumps(self.partial, default=_plain))
+        os.replace(tmp, self.out / "partial.json")
+        return result
 
     def __call__(self, worker: str, name: str, env: dict, *, oom_ok=False, **extra) -> dict | None:
         """The worker's result; None if it failed. With oom_ok, a SIGKILL (the kernel's OOM
@@ -442,15 +452,15 @@ class Runner:
         print(f" {time.perf_counter() - t0:.0f} s", flush=True)
         if rc == -9 and oom_ok:
             print("    killed (out of memory?)", flush=True)
-            return dict(killed="SIGKILL: out of memory?", **extra)
+            return self._keep(name, dict(killed="SIGKILL: out of memory?", **extra))
         if rc != 0:
             tail = log.read_text()[-1500:]
             why = f"killed by signal {-rc}" + (" (out of memory?)" if rc == -9 else "") \
                 if rc < 0 else f"exited with {rc}"
             self.errors.append(f"worker {name} {why}; log {log}:\n{tail}")
             print(f"    FAILED ({why}), see {log}", flush=True)
-            return None
-        return json.loads(Path(spec["result"]).read_text())
+            return self._keep(name, None)
+        return self._keep(name, json.loads(Path(spec["result"]).read_text()))
 
 
 def make_data(cfg: bench.BenchConfig, work: Path) -> tuple[str, dict, float]:
