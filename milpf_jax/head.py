@@ -235,14 +235,20 @@ def _blocks(x, start, chunk: int):
 
 
 def _tile_rows(tiles, start, n: int):
-    """tiles[start:start + n] inside a loop. bf16 tiles are sliced as their uint16 bits: XLA:CPU
-    slices bf16 in f32, and hoisting that conversion out of the loop made a float32 copy of
-    every tile (twice the bf16 embeddings' memory)."""
+    """tiles[start:start + n] inside a loop. On CPU, bf16 tiles are sliced as their uint16 bits:
+    XLA:CPU slices bf16 in f32, and hoisting that conversion out of the loop made a float32 copy
+    of every tile (twice the bf16 embeddings' memory). Other platforms slice bf16 as it is."""
+
+    def plain(x, start):
+        return jax.lax.dynamic_slice_in_dim(x, start, n, axis=0)
+
+    def as_bits(x, start):
+        bits = plain(jax.lax.bitcast_convert_type(x, jnp.uint16), start)
+        return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
+
     if tiles.dtype != jnp.bfloat16:
-        return jax.lax.dynamic_slice_in_dim(tiles, start, n, axis=0)
-    bits = jax.lax.dynamic_slice_in_dim(jax.lax.bitcast_convert_type(tiles, jnp.uint16), start, n,
-                                        axis=0)
-    return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
+        return plain(tiles, start)
+    return jax.lax.platform_dependent(tiles, start, cpu=as_bits, default=plain)
 
 
 def _chunk_loop(k: int, chunk: int, body, init):
