@@ -17,6 +17,7 @@ uses its config and data helpers and must not load either library.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -279,7 +280,7 @@ def _concatenate_as(parts: list, dtype, dim: int, threads: int = 1) -> np.ndarra
             out[offsets[i]:offsets[i + 1]] = parts[i]
 
     bounds = np.linspace(0, len(parts), max(1, threads) + 1).astype(int)
-    runs = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    runs = [range(a, b) for a, b in itertools.pairwise(bounds)]
     if len(runs) == 1:
         copy(runs[0])
     else:
