@@ -14,10 +14,11 @@ padding), so explanation needs no second forward path.
 Speed (issue 6, measured in experiments/benchmark.py): the local attention stream, where almost
 all the work is, runs through `attention_stream`, whose gradient is written by hand
 (`jax.custom_vjp`): autodiff of the segment softmax kept large per-tile intermediates and
-scattered over every tile. When the trainer lays the tiles out in blocks of TILE_BLOCK (each
-bag's tiles padded with invalid tiles to a multiple of it, `block_bag` naming each block's
-bag), the softmax and pooling reduce inside each block densely and only one value per block is
-scattered to its bag.
+scattered over every tile. Both of its passes walk the tiles in chunks (the forward one with an
+online softmax per bag), so only the first layer's output spans every tile. When the trainer
+lays the tiles out in blocks of TILE_BLOCK (each bag's tiles padded with invalid tiles to a
+multiple of it, `block_bag` naming each block's bag), the softmax and pooling reduce inside each
+block densely and only one value per block is scattered to its bag.
 """
 
 from __future__ import annotations
