@@ -122,19 +122,17 @@ def best_with_ci(y, p, patient_ids, y_val, p_val, *, n_boot, seed=0):
     return {k: dict(value=v, ci95=list(ci[k]) if k in ci else None) for k, v in point.items()}
 
 
-def _exam_level_best(packed, p, test, val, cfg) -> dict | None:
-    """The best run's test metrics at exam level (metrics.exam_level), with 95% CIs; None when
-    the bag ids carry no exam or a split's exams lack a class."""
-    y = packed.labels.astype(int)
-    exam_test = metrics.exam_level(packed.bag_ids[test], y[test], p[test],
-                                   packed.patient_ids[test])
-    exam_val = metrics.exam_level(packed.bag_ids[val], y[val], p[val], packed.patient_ids[val])
+def exam_metrics(test: tuple, val: tuple, *, n_boot: int, seed: int = 0) -> dict | None:
+    """Test metrics at exam level (metrics.exam_level) with 95% CIs, thresholds fixed on the
+    validation exams. test, val: (bag_ids, labels, probabilities, patient_ids) of the bags.
+    None when the bag ids carry no exam or either split's exams lack a class."""
+    exam_test, exam_val = metrics.exam_level(*test), metrics.exam_level(*val)
     if exam_test is None or exam_val is None:
         return None
     (_, ye, pe, patients), (_, yv, pv, _) = exam_test, exam_val
     if len(np.unique(ye)) < 2 or len(np.unique(yv)) < 2:
         return None
-    return best_with_ci(ye, pe, patients, yv, pv, n_boot=cfg.bootstrap, seed=cfg.init_seed)
+    return best_with_ci(ye, pe, patients, yv, pv, n_boot=n_boot, seed=seed)
 
 
 def _reliability(y, p, n_bins: int = 10) -> dict:
@@ -224,7 +222,9 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
     y = packed.labels.astype(int)
     best_test = best_with_ci(y[test], probs[best, test], packed.patient_ids[test], y[val],
                              probs[best, val], n_boot=cfg.bootstrap, seed=cfg.init_seed)
-    best_test_exam = _exam_level_best(packed, probs[best], test, val, cfg)
+    best_test_exam = exam_metrics(
+        *[(packed.bag_ids[m], y[m], probs[best, m], packed.patient_ids[m]) for m in (test, val)],
+        n_boot=cfg.bootstrap, seed=cfg.init_seed)
     runs = [dict(t, best_epoch=int(state.best_epoch[r]),
                  val_auc_during_training=float(state.best_val_auc[r]), **run_metrics[r])
             for r, t in enumerate(table)]
@@ -415,23 +415,20 @@ def format_splits(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def read_validation_predictions(run_dir, *, ids: bool = False):
-    """(labels, p_best) of the validation bags of a finished run, from its predictions.csv;
-    with ids=True, (bag_ids, patient_ids, labels, p_best)."""
+def read_predictions(run_dir) -> dict[str, dict]:
+    """bag_id -> its row of a finished run's predictions.csv (split, label, p_best, ...)."""
     path = Path(run_dir) / "predictions.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a finished sweep folder (no predictions.csv)")
-    bag_ids, patients, y, p = [], [], [], []
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["split"] == "val":
-                bag_ids.append(row["bag_id"])
-                patients.append(row["patient_id"])
-                y.append(int(row["label"]))
-                p.append(float(row["p_best"]))
-    if ids:
-        return np.array(bag_ids), np.array(patients), np.array(y), np.array(p)
-    return np.array(y), np.array(p)
+        return {row["bag_id"]: row for row in csv.DictReader(f)}
+
+
+def read_validation_predictions(run_dir) -> tuple[np.ndarray, ...]:
+    """(bag_ids, patient_ids, labels, p_best) of the validation bags of a finished run."""
+    rows = [r for r in read_predictions(run_dir).values() if r["split"] == "val"]
+    return (np.array([r["bag_id"] for r in rows]), np.array([r["patient_id"] for r in rows]),
+            np.array([int(r["label"]) for r in rows]), np.array([float(r["p_best"]) for r in rows]))
 
 
 def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partial=False,
@@ -464,15 +461,10 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
                          f"store (trained, this): {mismatch}")
     params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)  # a run axis
     probs = predict_runs(params, bag_batch(packed), head.config)[0]
-    val_ids, val_patients, y_val, p_val = read_validation_predictions(run_dir, ids=True)
+    val_ids, val_patients, y_val, p_val = read_validation_predictions(run_dir)
     y = packed.labels.astype(int)
-    exam_test = metrics.exam_level(packed.bag_ids, y, probs, packed.patient_ids)
-    exam_val = metrics.exam_level(val_ids, y_val, p_val, val_patients)
-    test_exam = None
-    if exam_test is not None and exam_val is not None and len(np.unique(exam_test[1])) == 2 \
-            and len(np.unique(exam_val[1])) == 2:
-        test_exam = best_with_ci(exam_test[1], exam_test[2], exam_test[3], exam_val[1],
-                                 exam_val[2], n_boot=n_boot)
+    test_exam = exam_metrics((packed.bag_ids, y, probs, packed.patient_ids),
+                             (val_ids, y_val, p_val, val_patients), n_boot=n_boot)
     return dict(
         format_version=RESULTS_FORMAT_VERSION, command=command, run=str(run_dir),
         store=str(packed.info["store"]), store_attrs=attrs, mapping=packed.info["mapping"],

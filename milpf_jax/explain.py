@@ -423,15 +423,6 @@ def run_cohort_spec(run_dir) -> str:
     )
 
 
-def _run_splits(run_dir) -> dict[str, dict]:
-    """bag_id -> its predictions.csv row (split, label, p_best); {} when there is none."""
-    path = Path(run_dir) / "predictions.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        return {row["bag_id"]: row for row in csv.DictReader(f)}
-
-
 def select_bags(cohort, predictions: Mapping[str, dict], split: str, limit: int | None = None):
     """The cohort's bags in `split` of the run ("all": every bag), in cohort order, at most
     `limit` of them."""
@@ -655,7 +646,10 @@ def explain_run(
     if stored_id and stored_id != cohort_identity(cohort):
         log.warning("cohort %s differs from the one the run's store was made from (other bags, "
                     "labels or image paths)", cohort.name)
-    predictions = _run_splits(run_dir)
+    from milpf_jax.experiment import read_predictions
+
+    has_predictions = (Path(run_dir) / "predictions.csv").is_file()
+    predictions = read_predictions(run_dir) if has_predictions else {}
     bags = select_bags(cohort, predictions, split, max_bags)
     truths = read_truths(lesions) if lesions else cohort_truths(cohort)
     (out / "overlays").mkdir(parents=True, exist_ok=True)

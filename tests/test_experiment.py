@@ -143,7 +143,7 @@ def test_exam_level_metrics_of_the_best_run(finished_run):
 
     from sklearn.metrics import roc_auc_score
 
-    from milpf_jax.experiment import _exam_counts, _exam_level_best
+    from milpf_jax.experiment import _exam_counts, exam_metrics
     from milpf_jax.store import load_packed
 
     root, res = finished_run
@@ -155,7 +155,9 @@ def test_exam_level_metrics_of_the_best_run(finished_run):
     rng = np.random.default_rng(0)
     p = np.clip(packed.labels + rng.normal(0, 0.6, packed.n_bags), 0, 1)
     test, val = packed.splits == 2, packed.splits == 1
-    out = _exam_level_best(packed, p, test, val, SweepConfig(bootstrap=50))
+    y = packed.labels.astype(int)
+    out = exam_metrics(*[(ids[m], y[m], p[m], packed.patient_ids[m]) for m in (test, val)],
+                       n_boot=50)
     y_exam, p_exam = {}, {}
     for b in np.flatnonzero(test):
         e = ids[b].rsplit("/", 1)[0]
