@@ -265,8 +265,12 @@ def test_store_failures_and_run_folder_hold_no_header_value(cohort, tmp_path, mo
         assert first.pending == N_WOMEN
         # A file of the second shard goes missing after planning: it fails at encoding.
         planned = Store.open(out)
-        late = next(b for b in range(N_WOMEN, 2 * N_WOMEN) if planned.status()[b] != FAILED)
-        late_ref = str(planned.array("view_path")[late, 0])
+        # Shard 1's plan failures are recorded when shard 1 runs: until then such a bag is
+        # pending with no planned view, so the pick is among bags with one.
+        views = planned.array("view_path")
+        assert (planned.status()[N_WOMEN:] != FAILED).all()
+        late = next(b for b in range(N_WOMEN, 2 * N_WOMEN) if views[b, 0])
+        late_ref = str(views[late, 0])
         late_path = Path(image_locations(cohort_)[late_ref])
         late_bytes = late_path.read_bytes()
         late_path.unlink()
