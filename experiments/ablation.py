@@ -4,9 +4,11 @@
     python experiments/ablation.py --cohort manifest.csv --encoder medsiglip
 
 Each variant is a full sweep (36 seeds, selected on validation, test read once) on the same
-embeddings. Where the cohort's manifest has a `lesion_kinds` column (the phantom's does), the
-table adds the test AUC of each kind of positive bag against all negative bags: calcification-only
-bags show why the tile stream exists (the specks vanish from the downsized whole view).
+embeddings; each head is then compared with the full one on the same test patients (paired
+bootstrap: differences with 95% intervals, Holm-adjusted p-values). Where the cohort's manifest
+has a `lesion_kinds` column (the phantom's does), the table adds the test AUC of each kind of
+positive bag against all negative bags: calcification-only bags show why the tile stream exists
+(the specks vanish from the downsized whole view).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ if __name__ == "__main__":  # allocator and XLA settings, before jax loads (milp
 
     configure_process()
 
-import argparse
 import csv
 import sys
 import time
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import sweep
 
-    from milpf_jax.cli import config_from_args
+    from milpf_jax.cli import command_line, config_from_args
+    from milpf_jax.compare import compare_runs, format_comparison, write_comparison
     from milpf_jax.experiment import SweepConfig, run_sweep
 
     parser = sweep.build_parser()
@@ -77,10 +79,11 @@ def main(argv=None) -> int:
         kinds = lesion_kinds_by_bag(Path(c.bags[0].images[0].path).parent.parent / "manifest.csv")
     out = Path(args.out or Path("runs") / f"ablation-{cohort}-{encoder}-"
                f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-    lines = []
+    lines, run_dirs = [], []
     for name, (gp, lp) in VARIANTS.items():
         cfg = config_from_args(SweepConfig, args, global_pool=gp, local_pool=lp)
         run_dir = out / name.split(" (")[0].replace(" ", "-")
+        run_dirs.append(run_dir)
         res = run_sweep(store, cfg, run_dir, command=f"ablation: {name}",
                         progress=not args.quiet)
         best, summ = res["best"]["test"], res["summary"]
@@ -95,7 +98,13 @@ def main(argv=None) -> int:
     for name, v, lo, hi, m, s, spec, sub in lines:
         print(f"| {name} | {v:.3f} [{lo:.3f}, {hi:.3f}] | {m:.3f} ± {s:.3f} | {spec:.3f} | "
               + " | ".join(f"{x:.3f}" for x in sub.values()) + " |")
-    print(f"\nrun folders under {out}")
+    if cfg.bootstrap:  # --bootstrap 0 asks for no intervals
+        comparison = compare_runs(run_dirs, n_boot=cfg.bootstrap,
+                                  command=command_line("experiments/ablation.py", argv))
+        write_comparison(out, comparison)
+        print("\nEach head against the full one, paired on the test patients:\n")
+        print(format_comparison(comparison))
+    print(f"\nrun folders (and comparison.json, comparison.md) under {out}")
     return 0
 
 

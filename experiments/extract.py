@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     cfg = config_from_args(ExtractConfig, args)
-    cohort = resolve_cohort(args.cohort)
+    cohort = resolve_cohort(args.cohort, progress=not args.quiet)
     out = args.out or str(cache_root() / "stores" / store_name(cohort, cfg))
     shard = args.shard or shard_from_env()
     try:

@@ -414,7 +414,9 @@ def mias(directory: str | os.PathLike) -> Cohort:
     return Cohort(name="mias", label_kind="mias", bags=tuple(bags), lesions=tuple(lesions))
 
 
-def resolve_cohort(spec: str, *, cache_dir: str | os.PathLike | None = None) -> Cohort:
+def resolve_cohort(
+    spec: str, *, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> Cohort:
     """A cohort from a spec string: "path/to/manifest.csv", "mias:DIR" or "phantom".
 
     "phantom" is the default synthetic screening cohort (`milpf_jax.phantom`), written once to
@@ -423,7 +425,7 @@ def resolve_cohort(spec: str, *, cache_dir: str | os.PathLike | None = None) -> 
     PhantomConfig fields (a quick cohort for tests and trials).
     """
     if spec == "phantom" or spec.startswith("phantom:"):
-        return _phantom(cache_dir, spec[len("phantom:") :] if ":" in spec else "")
+        return _phantom(cache_dir, spec[len("phantom:") :] if ":" in spec else "", progress)
     if spec.startswith("mias:") and spec[len("mias:") :]:
         return mias(spec[len("mias:") :])
     if spec.lower().endswith(".csv"):
@@ -456,7 +458,7 @@ def _phantom_config(overrides: str):
     return PhantomConfig(**values)
 
 
-def _phantom(cache_dir, overrides: str = "") -> Cohort:
+def _phantom(cache_dir, overrides: str = "", progress: bool = True) -> Cohort:
     import dataclasses
     import hashlib
     import json
@@ -467,7 +469,9 @@ def _phantom(cache_dir, overrides: str = "") -> Cohort:
     text = json.dumps([PHANTOM_VERSION, dataclasses.asdict(cfg)], sort_keys=True)
     key = hashlib.sha256(text.encode()).hexdigest()[:10]
     root = cache_dir or os.environ.get("MILPF_CACHE") or Path.home() / ".cache" / "milpf-jax"
-    manifest = make_phantom_cohort(Path(root).expanduser() / "cohorts" / f"phantom-{key}", cfg)
+    manifest = make_phantom_cohort(
+        Path(root).expanduser() / "cohorts" / f"phantom-{key}", cfg, progress=progress
+    )
     return dataclasses.replace(read_manifest(manifest), name="phantom")
 
 

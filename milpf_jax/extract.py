@@ -963,7 +963,7 @@ def ensure_store(cohort_spec, cfg: ExtractConfig, cache_dir=None, *, progress: b
     if isinstance(cohort_spec, Cohort):
         cohort = cohort_spec
     else:
-        cohort = resolve_cohort(cohort_spec, cache_dir=root)
+        cohort = resolve_cohort(cohort_spec, cache_dir=root, progress=progress)
     path = root / "stores" / store_name(cohort, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     result = extract(cohort, cfg, path, progress=progress)

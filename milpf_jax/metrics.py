@@ -501,30 +501,10 @@ def bootstrap_ci(
       name -> (low, high); (nan, nan) when no resample defined the metric.
     """
     y, p = _as_binary_pair(y, p, "bootstrap_ci")
-    patient_ids = np.asarray(patient_ids)
-    if patient_ids.shape != y.shape:
-        raise ValueError(
-            f"bootstrap_ci: patient_ids must have one entry per bag, got shape"
-            f" {patient_ids.shape} for {y.size} bags"
-        )
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"bootstrap_ci: level must be in (0, 1), got {level}")
-    if n_boot < 1:
-        raise ValueError(f"bootstrap_ci: n_boot must be >= 1, got {n_boot}")
+    _check_bootstrap_args(y, patient_ids, n_boot, level, "bootstrap_ci")
     thresholds = ValThresholds.from_validation(y_val, p_val)
-
-    # Sorted unique ids: the draw depends on the set of patients, not on the bag order.
-    _, bag_patient = np.unique(patient_ids, return_inverse=True)
-    n_patients = int(bag_patient.max()) + 1
-    rng = np.random.default_rng(seed)
-    # Drawing n patients with replacement == one multinomial count vector per resample.
-    counts = rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=n_boot)
-
-    # Blocks of resamples keep each [R, N] work array near 32 MB however large N is.
-    block = max(1, (1 << 22) // max(y.size, 1))
     values = {name: [] for name in metric_fns}
-    for start in range(0, n_boot, block):
-        w = counts[start : start + block, bag_patient].astype(np.float64)  # [R, N]
+    for w in patient_resamples(patient_ids, n_boot, seed):
         for name, fn in metric_fns.items():
             values[name].append(np.asarray(fn(y, p, w, thresholds), dtype=np.float64))
 
@@ -538,4 +518,107 @@ def bootstrap_ci(
         else:
             lo, hi = np.quantile(v, [tail, 1.0 - tail])
             out[name] = (float(lo), float(hi))
+    return out
+
+
+def _check_bootstrap_args(y, patient_ids, n_boot, level, where: str) -> None:
+    if np.shape(patient_ids) != y.shape:
+        raise ValueError(
+            f"{where}: patient_ids must have one entry per bag, got shape"
+            f" {np.shape(patient_ids)} for {y.size} bags"
+        )
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"{where}: level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"{where}: n_boot must be >= 1, got {n_boot}")
+
+
+def patient_resamples(patient_ids, n_boot: int, seed: int):
+    """Bootstrap weights [R, N] of the bags, in blocks of resamples: each resample draws as many
+    patients as there are, with replacement, and weights a bag by how often its patient was
+    drawn. Blocks keep each [R, N] work array near 32 MB however large N is.
+
+    Sorted unique ids: the draw depends on the set of patients, not on the bag order, so two
+    predictions of the same bags in another order get the same resamples.
+    """
+    _, bag_patient = np.unique(np.asarray(patient_ids), return_inverse=True)
+    n_patients = int(bag_patient.max()) + 1
+    rng = np.random.default_rng(seed)
+    # Drawing n patients with replacement == one multinomial count vector per resample.
+    counts = rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=n_boot)
+    block = max(1, (1 << 22) // max(bag_patient.size, 1))
+    for start in range(0, n_boot, block):
+        yield counts[start : start + block, bag_patient].astype(np.float64)
+
+
+def paired_bootstrap(
+    y,
+    p_a,
+    p_b,
+    patient_ids,
+    metric_fns: Mapping[str, BootstrapMetric],
+    *,
+    val_a,
+    val_b,
+    n_boot=1000,
+    seed=0,
+    level=0.95,
+) -> dict[str, dict]:
+    """Difference a − b of each metric between two models scored on the same bags.
+
+    Both models are evaluated on each resample of patients (the patient bootstrap of
+    `bootstrap_ci`), so the interval is that of the difference itself: two heads read on one
+    test set are correlated, and comparing their separate intervals would miss that. Each
+    model keeps its own thresholds, fixed on its own validation predictions.
+
+    The p-value is the two-sided bootstrap one for "no difference": twice the smaller share of
+    resampled differences on either side of 0, counted as (k + 1) / (R + 1), so never below
+    2 / (R + 1). It is one test; correct for several (`holm`).
+
+    Args:
+      y: [N] labels; p_a, p_b: [N] probabilities of the two models for the same bags.
+      patient_ids: [N] patient of each bag.
+      metric_fns: name -> BootstrapMetric.
+      val_a, val_b: (y_val, p_val) of each model's validation split.
+
+    Returns:
+      name -> {"a": value, "b": value, "delta": a − b on all bags, "ci95": [low, high],
+      "p_value": p}; NaNs where no resample defined the metric.
+    """
+    y, p_a = _as_binary_pair(y, p_a, "paired_bootstrap (a)")
+    _, p_b = _as_binary_pair(y, p_b, "paired_bootstrap (b)")
+    _check_bootstrap_args(y, patient_ids, n_boot, level, "paired_bootstrap")
+    thr_a, thr_b = ValThresholds.from_validation(*val_a), ValThresholds.from_validation(*val_b)
+    everyone = np.ones((1, y.size))
+    deltas = {name: [] for name in metric_fns}
+    for w in patient_resamples(patient_ids, n_boot, seed):
+        for name, fn in metric_fns.items():
+            deltas[name].append(np.asarray(fn(y, p_a, w, thr_a) - fn(y, p_b, w, thr_b)))
+    tail = 0.5 * (1.0 - level)
+    out = {}
+    for name, fn in metric_fns.items():
+        a, b = float(fn(y, p_a, everyone, thr_a)[0]), float(fn(y, p_b, everyone, thr_b)[0])
+        d = np.concatenate(deltas[name]).astype(np.float64)
+        d = d[np.isfinite(d)]
+        if d.size == 0:
+            ci, p_value = [float("nan")] * 2, float("nan")
+        else:
+            ci = [float(x) for x in np.quantile(d, [tail, 1.0 - tail])]
+            below, above = (np.sum(d <= 0) + 1) / (d.size + 1), (np.sum(d >= 0) + 1) / (d.size + 1)
+            p_value = float(min(1.0, 2.0 * min(below, above)))
+        out[name] = {"a": a, "b": b, "delta": a - b, "ci95": ci, "p_value": p_value}
+    return out
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (family-wise error), in the order given; NaNs stay."""
+    p = np.asarray(p_values, dtype=np.float64)
+    finite = np.flatnonzero(np.isfinite(p))
+    out = p.copy()
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
     return out

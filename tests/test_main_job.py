@@ -73,3 +73,38 @@ def test_second_run_reuses_the_store(main_job, monkeypatch):
     assert before == after
     res2 = json.loads((root / "run2" / "results.json").read_text())
     assert res2["head"]["local_pool"] == "max" and res2["store"] == store_path
+
+
+def test_encoder_comparison_sweeps_each_encoder_and_pairs_them(main_job, tmp_path, monkeypatch,
+                                                              capsys):
+    """experiments/encoders.py: the main job's store (reused), a tiny random DINOv2 from a local
+    folder (extracted here), and a hub model that is unavailable offline (skipped, exit 2)."""
+    from test_encoders import save_tiny_dinov2, tiny_spec
+
+    import milpf_jax.encoders as encoders
+
+    root, _, args = main_job
+    monkeypatch.setattr(encoders, "ENCODERS", dict(encoders.ENCODERS))
+    encoders.register_encoder(tiny_spec("tiny-dinov2", "dinov2", 56, 32, "cls_after_norm"))
+    save_tiny_dinov2(tmp_path / "tiny")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "encoders"
+    listed = f"efficientnet-lite0,tiny-dinov2={tmp_path / 'tiny'},dinov2-small"
+    assert load_script("encoders").main(args + ["--encoders", listed, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "dinov2-small: skipped" in err and "facebook/dinov2-small" in err
+
+    main = json.loads((root / "run" / "results.json").read_text())
+    effnet = json.loads((out / "efficientnet-lite0" / "results.json").read_text())
+    tiny = json.loads((out / "tiny-dinov2" / "results.json").read_text())
+    assert effnet["store"] == main["store"]  # extracted once, reused
+    assert tiny["store_attrs"]["encoder"] == "tiny-dinov2" and tiny["store_attrs"]["dim"] == 32
+    assert tiny["data"]["bags"] == main["data"]["bags"]  # the same split of the same cohort
+    comparison = json.loads((out / "comparison.json").read_text())
+    (c,) = comparison["comparisons"]
+    assert (c["reference"], c["run"]) == ("efficientnet-lite0", "tiny-dinov2")
+    assert c["test_bags"] == main["data"]["bags"]["test"]
+    assert c["metrics"]["auc"]["a"] == pytest.approx(tiny["best"]["test"]["auc"]["value"])
+    assert c["metrics"]["auc"]["b"] == pytest.approx(effnet["best"]["test"]["auc"]["value"])
+    assert not (out / "dinov2-small").exists()

@@ -317,3 +317,70 @@ def test_exam_level_takes_the_highest_breast_of_each_exam():
     np.testing.assert_allclose(p, [0.9, 0.4, 0.3])  # the exam's highest breast probability
     assert patients.tolist() == ["P1", "P1", "P2"]
     assert exam_level(["S00001", "P1/E1/L"], [0, 1], [0.1, 0.2], ["a", "b"]) is None
+
+
+def _second_head(p, seed, noise):
+    """Another head's probabilities for the same bags: p's logit plus noise (correlated)."""
+    logit = np.log(p / (1 - p)) + noise * np.random.default_rng(seed).normal(size=p.size)
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def test_paired_bootstrap_values_symmetry_and_a_head_against_itself():
+    y, p_a, pid = _cohort(30)
+    y_val, pv_a, _ = _cohort(31)
+    p_b, pv_b = _second_head(p_a, 0, 1.5), _second_head(pv_a, 1, 1.5)
+    fns = {k: m.BOOTSTRAP_METRICS[k] for k in ("auc", "bacc", "spec_at_sens90_valthr", "brier")}
+    args = dict(n_boot=300, seed=2)
+    ab = m.paired_bootstrap(y, p_a, p_b, pid, fns, val_a=(y_val, pv_a), val_b=(y_val, pv_b),
+                            **args)
+    # Point values are each head's own metrics, thresholds from its own validation predictions.
+    point_a = m.evaluate(y, p_a, y_val=y_val, p_val=pv_a)
+    point_b = m.evaluate(y, p_b, y_val=y_val, p_val=pv_b)
+    for k in fns:
+        assert ab[k]["a"] == pytest.approx(point_a[k], abs=1e-12), k
+        assert ab[k]["b"] == pytest.approx(point_b[k], abs=1e-12), k
+        assert ab[k]["delta"] == pytest.approx(point_a[k] - point_b[k], abs=1e-12)
+    assert ab["auc"]["delta"] == pytest.approx(roc_auc_score(y, p_a) - roc_auc_score(y, p_b))
+    assert ab["auc"]["delta"] > 0.05  # the noisier head is worse...
+    lo, hi = ab["auc"]["ci95"]
+    assert 0 < lo < ab["auc"]["delta"] < hi  # ...clearly, on 150 patients
+    assert ab["auc"]["p_value"] == pytest.approx(2 / 301)  # no resample reverses it
+    # b - a: the same resamples, every difference negated.
+    ba = m.paired_bootstrap(y, p_b, p_a, pid, fns, val_a=(y_val, pv_b), val_b=(y_val, pv_a),
+                            **args)
+    for k in fns:
+        assert ba[k]["delta"] == pytest.approx(-ab[k]["delta"], abs=1e-12)
+        assert ba[k]["ci95"] == pytest.approx([-x for x in ab[k]["ci95"][::-1]], abs=1e-12)
+        assert ba[k]["p_value"] == pytest.approx(ab[k]["p_value"])
+    # A head against itself: no difference on any resample.
+    aa = m.paired_bootstrap(y, p_a, p_a, pid, fns, val_a=(y_val, pv_a), val_b=(y_val, pv_a),
+                            **args)
+    assert all(aa[k]["delta"] == 0 and aa[k]["ci95"] == [0, 0] and aa[k]["p_value"] == 1
+               for k in fns)
+
+
+def test_paired_interval_is_much_narrower_than_either_heads_own():
+    # Two heads that agree closely: their own intervals overlap almost entirely, yet the paired
+    # difference is measured precisely (that is why comparisons must be paired).
+    y, p_a, pid = _cohort(32)
+    y_val, pv_a, _ = _cohort(33)
+    p_b = _second_head(p_a, 3, 0.3)
+    auc = {"auc": m.BOOTSTRAP_METRICS["auc"]}
+    args = dict(n_boot=400, seed=0)
+    own = m.bootstrap_ci(y, p_a, pid, auc, y_val=y_val, p_val=pv_a, **args)["auc"]
+    paired = m.paired_bootstrap(y, p_a, p_b, pid, auc, val_a=(y_val, pv_a),
+                                val_b=(y_val, pv_a), **args)["auc"]
+    assert paired["ci95"][1] - paired["ci95"][0] < 0.4 * (own[1] - own[0])
+    assert paired["ci95"][0] <= paired["delta"] <= paired["ci95"][1]
+    with pytest.raises(ValueError, match="paired_bootstrap: patient_ids must have one entry"):
+        m.paired_bootstrap(y, p_a, p_b, pid[1:], auc, val_a=(y_val, pv_a), val_b=(y_val, pv_a))
+    with pytest.raises(ValueError, match=r"paired_bootstrap \(b\)"):
+        m.paired_bootstrap(y, p_a, p_b[1:], pid, auc, val_a=(y_val, pv_a), val_b=(y_val, pv_a))
+
+
+def test_holm_adjusts_in_place_order_and_keeps_nan():
+    # Sorted: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, raised to the running 0.06.
+    out = m.holm([0.04, 0.01, np.nan, 0.03])
+    np.testing.assert_allclose(out, [0.06, 0.03, np.nan, 0.06])
+    assert m.holm([0.5, 0.9]).tolist() == [1.0, 1.0]  # capped at 1
+    assert m.holm([0.02]).tolist() == [0.02]

@@ -1,0 +1,133 @@
+"""Paired comparison of finished runs (milpf_jax.compare, experiments/compare.py), on run
+folders written as a sweep writes them."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from milpf_jax import metrics
+from milpf_jax.compare import compare_runs, format_comparison
+from milpf_jax.experiment import TABLE_METRICS
+
+N_PATIENTS = 60  # one exam each, both breasts: 120 bags
+
+
+def cohort_rows(seed=0):
+    """(bag_id, patient_id, split, label) of both breasts of 60 patients, 70/10/20 split."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(N_PATIENTS):
+        split = "train" if i < 36 else "val" if i < 42 else "test"
+        left = int(rng.integers(0, 2)) if i % 3 else 1
+        for lat, label in (("L", left), ("R", 0 if i % 5 else 1)):
+            rows.append((f"P{i:03d}/E1/{lat}", f"P{i:03d}", split, label))
+    return rows
+
+
+def write_run(path: Path, rows, skill: float, seed: int, order=None) -> Path:
+    """A run folder whose predictions.csv scores `rows` with a head of the given skill."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    order = range(len(rows)) if order is None else order
+    with open(path / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["bag_id", "patient_id", "split", "raw_label", "label", "p_best", "p_run000"])
+        for i in order:
+            bag, patient, split, label = rows[i]
+            p = 1 / (1 + np.exp(-(skill * (2 * label - 1) + rng.normal())))
+            w.writerow([bag, patient, split, label, label, f"{p:.6f}", f"{p:.6f}"])
+    return path
+
+
+def test_compare_runs_pairs_bags_by_id_and_matches_the_paired_bootstrap(tmp_path):
+    rows = cohort_rows()
+    ref = write_run(tmp_path / "strong", rows, 2.0, 0)
+    # The second run lists its bags in another order and lacks one test bag (failed extraction).
+    order = [i for i in np.random.default_rng(1).permutation(len(rows)) if rows[i][0] !=
+             "P050/E1/L"]
+    weak = write_run(tmp_path / "weak", rows, 0.5, 2, order=order)
+    res = compare_runs([ref, weak], n_boot=200, seed=5)
+    (c,) = res["comparisons"]
+    assert (c["run"], c["reference"], res["reference"]) == ("weak", "strong", "strong")
+    assert (c["test_bags"], c["only_in_reference"], c["only_in_run"]) == (35, 1, 0)
+
+    def test_split(path):
+        with open(path / "predictions.csv", newline="") as f:
+            r = {x["bag_id"]: x for x in csv.DictReader(f) if x["split"] == "test"}
+        return r
+
+    a, b = test_split(ref), test_split(weak)
+    common = sorted(b)
+    y = np.array([int(a[k]["label"]) for k in common])
+    p_ref = np.array([float(a[k]["p_best"]) for k in common])
+    p_run = np.array([float(b[k]["p_best"]) for k in common])
+    assert c["metrics"]["auc"]["delta"] == pytest.approx(
+        roc_auc_score(y, p_run) - roc_auc_score(y, p_ref), abs=1e-12)
+
+    def val(r):
+        with open(r / "predictions.csv", newline="") as f:
+            v = [x for x in csv.DictReader(f) if x["split"] == "val"]
+        return np.array([int(x["label"]) for x in v]), np.array([float(x["p_best"]) for x in v])
+
+    expected = metrics.paired_bootstrap(
+        y, p_run, p_ref, [k.split("/")[0] for k in common],
+        {k: metrics.BOOTSTRAP_METRICS[k] for k in TABLE_METRICS},
+        val_a=val(weak), val_b=val(ref), n_boot=200, seed=5)
+    for k in TABLE_METRICS:
+        got, want = c["metrics"][k], expected[k]
+        flat = [got["delta"], *got["ci95"], got["p_value"]]
+        assert flat == pytest.approx([want["delta"], *want["ci95"], want["p_value"]],
+                                     abs=1e-12, nan_ok=True), k
+        assert c["metrics"][k]["p_holm"] == c["metrics"][k]["p_value"]  # one comparison
+    assert c["metrics"]["auc"]["delta"] < 0 and c["metrics"]["auc"]["ci95"][1] < 0
+    # One exam per patient: exam level is the max over the two breasts.
+    assert c["exam"]["test_exams"] == 18
+    assert set(c["exam"]["metrics"]) == {"auc", "bacc", "spec_at_sens90_valthr"}
+    text = format_comparison(res)
+    assert "| weak | 35 |" in text and "1 test bags only in the reference" in text
+    assert f"{c['metrics']['auc']['delta']:+.3f}" in text
+
+
+def test_holm_over_several_runs_and_errors_name_the_problem(tmp_path):
+    rows = cohort_rows()
+    runs = [write_run(tmp_path / n, rows, s, i) for i, (n, s) in
+            enumerate((("ref", 1.0), ("same", 1.0), ("better", 3.0)))]
+    res = compare_runs(runs, n_boot=100)
+    raw = [c["metrics"]["auc"]["p_value"] for c in res["comparisons"]]
+    holm = [c["metrics"]["auc"]["p_holm"] for c in res["comparisons"]]
+    np.testing.assert_allclose(holm, metrics.holm(raw))
+    assert all(h >= r for h, r in zip(holm, raw))
+
+    moved = list(rows)
+    moved[0] = (*rows[0][:2], "test", rows[0][3])  # a train bag in another run's test split
+    other = write_run(tmp_path / "other-split", moved, 1.0, 9)
+    with pytest.raises(ValueError, match=r"split of bag P000/E1/L.*--split-seed"):
+        compare_runs([runs[0], other], n_boot=10)
+    with pytest.raises(ValueError, match="at least two"):
+        compare_runs(runs[:1])
+    with pytest.raises(FileNotFoundError, match="no predictions.csv"):
+        compare_runs([runs[0], tmp_path / "missing"])
+
+
+def test_compare_cli_writes_json_and_markdown_with_the_command(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "experiments" / "compare.py"
+    spec = importlib.util.spec_from_file_location("compare_script", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    rows = cohort_rows()
+    a, b = write_run(tmp_path / "a", rows, 2.0, 0), write_run(tmp_path / "b", rows, 1.0, 1)
+    out = tmp_path / "cmp"
+    assert cli.main([str(a), str(b), "--out", str(out), "--bootstrap", "50"]) == 0
+    res = json.loads((out / "comparison.json").read_text())
+    assert res["n_boot"] == 50 and res["reference"] == "a"
+    assert res["command"].startswith("python experiments/compare.py ")
+    md = (out / "comparison.md").read_text()
+    assert "| b | 36 |" in md and "Made by: `python experiments/compare.py" in md
+    assert "| b | 36 |" in capsys.readouterr().out
+    assert cli.main([str(a), str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "no predictions.csv" in capsys.readouterr().err
