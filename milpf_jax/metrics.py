@@ -508,17 +508,18 @@ def bootstrap_ci(
         for name, fn in metric_fns.items():
             values[name].append(np.asarray(fn(y, p, w, thresholds), dtype=np.float64))
 
+    return {name: _percentile_interval(np.concatenate(chunks), level)[1]
+            for name, chunks in values.items()}
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[np.ndarray, tuple]:
+    """(the finite resampled values, their central `level` interval (nan, nan) when none)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return v, (float("nan"), float("nan"))
     tail = 0.5 * (1.0 - level)
-    out = {}
-    for name, chunks in values.items():
-        v = np.concatenate(chunks)
-        v = v[np.isfinite(v)]
-        if v.size == 0:
-            out[name] = (float("nan"), float("nan"))
-        else:
-            lo, hi = np.quantile(v, [tail, 1.0 - tail])
-            out[name] = (float(lo), float(hi))
-    return out
+    lo, hi = np.quantile(v, [tail, 1.0 - tail])
+    return v, (float(lo), float(hi))
 
 
 def _check_bootstrap_args(y, patient_ids, n_boot, level, where: str) -> None:
@@ -594,19 +595,15 @@ def paired_bootstrap(
     for w in patient_resamples(patient_ids, n_boot, seed):
         for name, fn in metric_fns.items():
             deltas[name].append(np.asarray(fn(y, p_a, w, thr_a) - fn(y, p_b, w, thr_b)))
-    tail = 0.5 * (1.0 - level)
     out = {}
     for name, fn in metric_fns.items():
         a, b = float(fn(y, p_a, everyone, thr_a)[0]), float(fn(y, p_b, everyone, thr_b)[0])
-        d = np.concatenate(deltas[name]).astype(np.float64)
-        d = d[np.isfinite(d)]
-        if d.size == 0:
-            ci, p_value = [float("nan")] * 2, float("nan")
-        else:
-            ci = [float(x) for x in np.quantile(d, [tail, 1.0 - tail])]
+        d, ci = _percentile_interval(np.concatenate(deltas[name]).astype(np.float64), level)
+        p_value = float("nan")
+        if d.size:
             below, above = (np.sum(d <= 0) + 1) / (d.size + 1), (np.sum(d >= 0) + 1) / (d.size + 1)
             p_value = float(min(1.0, 2.0 * min(below, above)))
-        out[name] = {"a": a, "b": b, "delta": a - b, "ci95": ci, "p_value": p_value}
+        out[name] = {"a": a, "b": b, "delta": a - b, "ci95": list(ci), "p_value": p_value}
     return out
 
 
