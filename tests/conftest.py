@@ -37,7 +37,18 @@ REPO = Path(__file__).resolve().parents[1]
 # mini-MIAS is never copied into the repository: tests read it from beside the checkout.
 MIAS_DIR = Path(os.environ.get("MILPF_MIAS_DIR", REPO.parent / "shared" / "data" / "mias-dev"))
 needs_mias = pytest.mark.skipif(
-    not (MIAS_DIR / "images").is_dir(),
+    not ((MIAS_DIR / "images").is_dir() and (MIAS_DIR / "Info.txt").is_file()),
     reason=f"mini-MIAS folder not found at {MIAS_DIR}; set MILPF_MIAS_DIR to a folder holding "
-    "images/mdbNNN.png",
+    "Info.txt and images/mdbNNN.png",
 )
+
+
+def load_script(name: str):
+    """experiments/<name>.py as a module, so tests call its main() as the README's commands do."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "experiments" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

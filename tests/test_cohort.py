@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections import Counter
 from pathlib import Path
@@ -19,13 +18,8 @@ from milpf_jax.cohort import (
     resolve_cohort,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-MIAS_DIR = Path(os.environ.get("MILPF_MIAS_DIR", REPO.parent / "shared" / "data" / "mias-dev"))
-needs_mias = pytest.mark.skipif(
-    not (MIAS_DIR / "Info.txt").is_file(),
-    reason=f"mini-MIAS folder not found at {MIAS_DIR}; set MILPF_MIAS_DIR to a folder holding "
-    "Info.txt and images/",
-)
+from conftest import MIAS_DIR, load_script, needs_mias
+
 
 HEADER = "path,patient_id,exam_id,laterality,view,birads,split,notes"
 
@@ -459,11 +453,7 @@ def test_duplicate_sop_instance_uid_lists_files(tmp_path):
 
 
 def test_manifest_cli_prints_counts(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "manifest_cli", REPO / "experiments" / "manifest.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("manifest")
     dicom_dir = _dicom_cohort(tmp_path)
     labels = tmp_path / "labels.csv"
     labels.write_text("accession_number,label\nACC1,1\nACC2,0\nACC3,0\n")

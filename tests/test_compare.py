@@ -2,7 +2,6 @@
 folders written as a sweep writes them."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from sklearn.metrics import roc_auc_score
 from milpf_jax import metrics
 from milpf_jax.compare import compare_runs, format_comparison
 from milpf_jax.experiment import TABLE_METRICS
+
+from conftest import load_script
 
 N_PATIENTS = 60  # one exam each, both breasts: 120 bags
 
@@ -115,10 +116,7 @@ def test_holm_over_several_runs_and_errors_name_the_problem(tmp_path):
 
 
 def test_compare_cli_writes_json_and_markdown_with_the_command(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "experiments" / "compare.py"
-    spec = importlib.util.spec_from_file_location("compare_script", path)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("compare")
     rows = cohort_rows()
     a, b = write_run(tmp_path / "a", rows, 2.0, 0), write_run(tmp_path / "b", rows, 1.0, 1)
     out = tmp_path / "cmp"

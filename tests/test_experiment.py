@@ -8,6 +8,8 @@ import milpf_jax
 from milpf_jax.experiment import SweepConfig, evaluate_external, run_sweep
 from milpf_jax.synthetic import SyntheticConfig, write_synthetic_store
 
+from conftest import load_script
+
 SWEEP = dict(seeds=3, epochs=30, patience=10, bootstrap=200)
 
 
@@ -89,13 +91,8 @@ def test_external_cohort_uses_the_saved_head(finished_run, tmp_path):
 
 
 def test_sweep_cli_flags(tmp_path):
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "sweep.py"
-    spec = importlib.util.spec_from_file_location("sweep_cli", path)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_script("sweep")
     parser = sweep.build_parser()
     args = parser.parse_args(["--store", "x.zarr", "--lr", "1e-3,2e-3", "--seeds", "4",
                               "--local-pool", "max"])

@@ -10,7 +10,6 @@ the file (the reader mirrors right breasts to tile them; maps and boxes must be 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -41,19 +40,13 @@ from milpf_jax.explain import (
     run_cohort_spec,
 )
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 # 256 x 208 px at 0.8 mm: a full-size detector at a quarter of the resolution (as test_main_job).
 SPEC = "phantom:n_patients=24,rows=256,cols=208,pixel_spacing_mm=0.8"
 ROWS, COLS = 256, 208
 GREEN, RED = (0, 255, 0), (255, 0, 0)
-
-
-def load_script(name):
-    path = REPO / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import signal
@@ -47,14 +46,8 @@ from milpf_jax.extract import (
 from milpf_jax.imaging import read_image
 from milpf_jax.store import DONE, FAILED, PENDING, Store, StoreMismatch
 
-REPO = Path(__file__).resolve().parents[1]
-# Not from conftest: the kill tests import this file in a bare subprocess.
-MIAS_DIR = Path(os.environ.get("MILPF_MIAS_DIR", REPO.parent / "shared" / "data" / "mias-dev"))
-needs_mias = pytest.mark.skipif(
-    not (MIAS_DIR / "images").is_dir(),
-    reason=f"mini-MIAS folder not found at {MIAS_DIR}; set MILPF_MIAS_DIR to a folder holding "
-    "images/mdbNNN.png",
-)
+from conftest import MIAS_DIR, load_script, needs_mias
+
 STANDIN = "standin-proj"
 ARRAYS = ("global", "global_mask", "tiles", "tiles_mask", "tile_boxes", "view_path", "view_name",
           "view_flipped", "view_shape", "raw_label", "split_given", "bag_id", "patient_id",
@@ -459,7 +452,8 @@ def test_shard_other_than_zero_waits_for_the_plan(tmp_path, manifest, standin):
 # --- subprocesses: SIGKILL and parallel shards ---------------------------------------------------
 
 CHILD = """
-import importlib.util, json, sys
+import importlib.util, json, os, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))  # conftest, as under pytest
 spec = importlib.util.spec_from_file_location("extract_test_child", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
@@ -616,17 +610,8 @@ def test_missing_hub_model_offline_fails_before_planning(tmp_path, manifest, mon
     assert not list((tmp_path / "cache" / "stores").glob("*")), "planning started"
 
 
-def _cli():
-    spec = importlib.util.spec_from_file_location(
-        "extract_cli", REPO / "experiments" / "extract.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_flags_come_from_the_config_and_main_reports(tmp_path, manifest, standin, capsys):
-    cli = _cli()
+    cli = load_script("extract")
     args = cli.build_parser().parse_args(
         ["--cohort", "x.csv", "--encoder", STANDIN, "--tile-size", "32", "--overlap", "0.25",
          "--pixel-spacing-mm", "0.1", "--strict", "--shard", "1/3", "--workers", "0"]

@@ -1,7 +1,6 @@
 """The main job's code path end to end on a small phantom: DICOMs -> store -> 36-seed-style
 training -> results, through experiments/sweep.py exactly as the README's command runs it."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,9 @@ import pytest
 
 import milpf_jax
 
+from conftest import load_script
+
 SPEC = "phantom:n_patients=24,rows=256,cols=208,pixel_spacing_mm=0.8"
-
-
-def load_script(name):
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

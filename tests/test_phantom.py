@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,7 +23,8 @@ from milpf_jax.phantom import (
     render_view,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_script
+
 # 256 x 208 px at 0.8 mm is a full-size (205 x 166 mm) detector at a quarter of the resolution,
 # so lesion sizes in mm keep their meaning; 3 patients = 6 bags, 12 views.
 TINY = PhantomConfig(n_patients=3, rows=256, cols=208, pixel_spacing_mm=0.8, seed=7,
@@ -291,11 +291,7 @@ def test_reader_flip_maps_boxes_by_mirroring_x(cohort):
 
 
 def test_cli_writes_a_cohort(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "phantom_cli", REPO / "experiments" / "phantom.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("phantom")
     flags = {a.dest for a in cli.build_parser()._actions}
     assert {f.name for f in dataclasses.fields(PhantomConfig)} <= flags
     out = tmp_path / "cli"

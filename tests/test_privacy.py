@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -25,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 from test_extract import breast, install_standin
 from test_extract import cfg as extract_cfg
 
@@ -40,7 +39,9 @@ from milpf_jax.experiment import SweepConfig, run_sweep
 from milpf_jax.extract import extract, image_locations, read_failures
 from milpf_jax.store import DONE, FAILED, Store, StoreMismatch
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_script
+from test_imaging import write_dicom
+
 N_WOMEN = 8
 HASHED_BAG = re.compile(r"P-[0-9a-f]{16}/E-[0-9a-f]{16}/[LR]")
 
@@ -58,34 +59,10 @@ def person(i: int) -> dict:
 def write_mg(path: Path, who: dict, laterality: str, seed: int) -> str:
     """A small MG DICOM of a breast, with the patient's header fields; returns its SOP UID."""
     img = breast(64, 48, right=laterality == "R", seed=seed)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    for key, value in who.items():
-        setattr(ds, key, value)
-    ds.Modality, ds.PresentationIntentType = "MG", "FOR PRESENTATION"
-    ds.ImageLaterality, ds.ViewPosition = laterality, "CC"
-    ds.Rows, ds.Columns = img.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.rint(img * 4095).astype(np.uint16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return ds.SOPInstanceUID
-
-
-def manifest_cli():
-    spec = importlib.util.spec_from_file_location(
-        "manifest_cli", REPO / "experiments" / "manifest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    stored = np.rint(img * 4095).astype(np.uint16)
+    write_dicom(path, stored, ImageLaterality=laterality, ViewPosition="CC", **who)
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def scan_bytes(files, secrets) -> list[tuple[str, str]]:
@@ -162,7 +139,7 @@ def cohort(tmp_path_factory):
     ]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        manifest_cli().main(argv)
+        load_script("manifest").main(argv)
     return {
         "root": root,
         "dicoms": dicoms,
@@ -196,7 +173,7 @@ def test_pseudonymize_cli_creates_a_private_key_and_a_manifest_without_header_va
     cohort, capsys
 ):
     c = cohort
-    cli, out, argv = manifest_cli(), c["manifest"], c["argv"]
+    cli, out, argv = load_script("manifest"), c["manifest"], c["argv"]
     assert "created a new pseudonymisation key" in c["printed"]
     assert stat.S_IMODE(c["key_file"].stat().st_mode) == 0o600
     key_text = c["key_file"].read_text().strip()
