@@ -267,7 +267,7 @@ class Explainer:
 
 def _encode_view(explainer: Explainer, path: str, view: str, boxes: np.ndarray):
     """(global [D], tiles [T, D]) of one view, cut at `boxes` exactly as extraction cuts them."""
-    from milpf_jax.extract import bag_inputs
+    from milpf_jax.encoder_inputs import bag_inputs
 
     inputs = bag_inputs(((path, view, boxes),), explainer.tiling, explainer.encoder.spec.input_size)
     emb = explainer.encoder.embed(inputs, batch_size=explainer.batch_size)  # [1 + T, D]
@@ -280,9 +280,9 @@ def explain_bag(
     """Re-tile a bag with the explainer's (overlapping) tiling, encode it, run the head.
 
     Views are read, planned and cut with the store's own functions (`imaging.read_image`,
-    `breast.plan_view`, `extract.bag_inputs`); work-up views are left out as extraction leaves
-    them out. The probability comes from this overlapping tiling, so it may differ a little from
-    the run's predictions.csv (made without overlap).
+    `breast.plan_view`, `encoder_inputs.bag_inputs`); work-up views are left out as extraction
+    leaves them out. The probability comes from this overlapping tiling, so it may differ a
+    little from the run's predictions.csv (made without overlap).
 
     Args:
       bag: a cohort BagSpec.

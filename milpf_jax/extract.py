@@ -17,8 +17,8 @@ rows. So every embedding comes from the same batch as in an uninterrupted run: a
 any point and resumed holds the same arrays, bit for bit.
 
 Failures: an image that cannot be read fails its bag (status failed) and is listed with the
-reason in `<store>.failures.csv` BESIDE the store (`x.zarr` -> `x.failures.csv`: zarr warns about
-foreign files inside a store); the run goes on unless `strict`. Work-up views (`ExcludedView`)
+reason in `<store>.failures.csv` BESIDE the store (`milpf_jax.failures`); the run goes on unless
+`strict`. Work-up views (`ExcludedView`)
 are dropped from their bag and counted; a bag left with no view fails.
 
 Pseudonymised cohorts: an image with a manifest `view_ref` is recorded by that ref, never by its
@@ -33,11 +33,8 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import functools
 import hashlib
-import io
 import json
 import logging
 import math
@@ -46,29 +43,21 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from milpf_jax import encoders
-from milpf_jax.breast import (
-    ORIGINAL_OVERLAP,
-    PRESETS,
-    TilingConfig,
-    area_resize,
-    cut_tiles,
-    global_view,
-    plan_view,
-)
-from milpf_jax.cohort import BagSpec, Cohort, resolve_cohort
-from milpf_jax.imaging import ExcludedView, ImageReadError, read_image
+from milpf_jax.breast import ORIGINAL_OVERLAP, PRESETS, TilingConfig
+from milpf_jax.cohort import Cohort, resolve_cohort
+from milpf_jax.encoder_inputs import EncodeJob, PlanJob, bag_inputs, ordered
+from milpf_jax.failures import append_failures, failures_path, shown_as
 from milpf_jax.store import DEFAULT_CHUNK_BAGS, DONE, FAILED, PENDING, BagPlan, Store, StoreMismatch
 
 log = logging.getLogger(__name__)
 
-FAILURE_COLUMNS = ("bag_id", "path", "stage", "reason")
 PLAN_WAIT_S = 3600.0  # how long shards other than 0 wait for shard 0's plan
 # The arrays Store.create makes, in order: a zarr group holding only some of them and no
 # attributes is a plan that was killed, which may be planned again; anything else is refused.
@@ -260,18 +249,6 @@ def store_name(cohort: Cohort, cfg: ExtractConfig) -> str:
     return f"{safe}-{cfg.encoder}-{key}.zarr"
 
 
-def failures_path(store_path) -> Path:
-    """The failures CSV beside a store: `dir/x.zarr` -> `dir/x.failures.csv`.
-
-    For an object-store URL it is written in the current folder (appending is local-only).
-    """
-    text = str(store_path).rstrip("/")
-    stem = text.removesuffix(".zarr")
-    if "://" in stem:
-        stem = stem.rsplit("/", 1)[-1]
-    return Path(stem + ".failures.csv")
-
-
 def parse_shard(text: str) -> tuple[int, int]:
     """'i/n' -> (i, n), with 0 <= i < n."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
@@ -294,242 +271,6 @@ def _spec(name: str):
             f"unknown encoder {name!r}; valid names: {', '.join(sorted(encoders.ENCODERS))}"
         )
     return encoders.ENCODERS[name]
-
-
-# --- failures.csv ------------------------------------------------------------------------------
-
-
-def read_failures(path) -> list[dict]:
-    """Rows of a failures CSV (an empty list when there is none); broken lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    return [
-        dict(zip(FAILURE_COLUMNS, r, strict=True))
-        for r in rows[1:]
-        if len(r) == len(FAILURE_COLUMNS)
-    ]
-
-
-def append_failures(path, rows: Sequence[tuple[str, str, str, str]]) -> None:
-    """Append (bag_id, path, stage, reason) rows not yet listed, in one write.
-
-    Kill-safe: the header comes with the file (created under another name, then linked into
-    place, so concurrent shards never write it twice), rows go in one O_APPEND write followed by
-    fsync, and a line cut short by a kill is ended before anything is appended after it.
-    """
-    path = Path(path)
-    if not rows:
-        return
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.write(fd, (",".join(FAILURE_COLUMNS) + "\n").encode())
-            os.fsync(fd)
-            os.close(fd)
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another shard created it first
-        finally:
-            os.unlink(tmp)
-    listed = {tuple(r.values()) for r in read_failures(path)}
-    new = [tuple(map(str, r)) for r in rows]
-    new = [r for i, r in enumerate(new) if r not in listed and r not in new[:i]]
-    if not new:
-        return
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(new)
-    data = buf.getvalue().encode()
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) != b"\n":
-            data = b"\n" + data
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# --- reading and cutting (runs in DataLoader workers) ------------------------------------------
-
-
-def _reason(err: Exception) -> str:
-    return err.reason if isinstance(err, ImageReadError) else str(err)
-
-
-def _shown(path: str, ref: str, reason: str) -> tuple[str, str]:
-    """(name, reason) to record for an image: with a view_ref, the ref, and the reason with the
-    path and the file's name replaced by it (a pseudonymised cohort never records a path)."""
-    if not ref:
-        return path, reason
-    reason = reason.replace(path, ref)
-    name = re.escape(os.path.basename(path))
-    return ref, re.sub(rf"(?<![\w.-]){name}(?![\w.-])", ref, reason) if name else reason
-
-
-def plan_bag(bag: BagSpec, tiling: TilingConfig):
-    """Plan one bag: read each image, drop excluded views, plan the tiles of the rest.
-
-    Returns (plan, excluded, failures): plan is a BagPlan (None if the bag fails); excluded is
-    [(path, reason)] of dropped work-up views; failures is [(path, reason)], empty when the bag
-    is usable.
-    """
-    paths, names, flipped, shapes, boxes, excluded = [], [], [], [], [], []
-    for ref in bag.images:
-        try:
-            image = read_image(ref.path, laterality=ref.laterality, view=ref.view)
-            plan, _ = plan_view(image, tiling)
-        except ExcludedView as err:
-            excluded.append(_shown(ref.path, ref.ref, err.reason))
-            continue
-        except (ImageReadError, FileNotFoundError, ValueError) as err:
-            return None, excluded, [_shown(ref.path, ref.ref, _reason(err))]
-        index = np.full((plan.n_tiles, 1), len(paths), np.int32)
-        boxes.append(np.concatenate([index, plan.source_boxes], axis=1))  # [T_v, 5]
-        paths.append(ref.ref or ref.path)  # the store records a view_ref, never beside a path
-        names.append(ref.view)
-        # The net mirroring between the file and the tiled image (the original preset may add
-        # its own flip on top of the reader's), so boxes and pixels map back to the file.
-        flipped.append(bool(plan.transform.flipped))
-        shapes.append(tuple(int(s) for s in image.source_shape))
-    if not paths:
-        kinds = ", ".join(sorted({reason for _, reason in excluded}))
-        return (
-            None,
-            excluded,
-            [(p, f"every view of the bag is excluded ({kinds})") for p, _ in excluded],
-        )
-    plan = BagPlan(
-        bag_id=bag.bag_id,
-        patient_id=bag.patient_id,
-        raw_label=bag.raw_label,
-        split_given=bag.split_given,
-        view_paths=tuple(paths),
-        view_names=tuple(names),
-        view_flipped=tuple(flipped),
-        view_shapes=tuple(shapes),
-        tile_boxes=np.concatenate(boxes).astype(np.int32).reshape(-1, 5),  # [T, 5]
-    )
-    return plan, excluded, []
-
-
-def view_inputs(path: str, view: str, tiling: TilingConfig, input_size: int, expected_boxes=None):
-    """Encoder inputs of one view: (global [S, S], tiles [T, S, S]) float32 in [0, 1].
-
-    Tiles are cut at the plan's boxes; a tile size other than the encoder's input S is resized
-    by area averaging. `expected_boxes` [T, 4] (source pixels, from the store) guards against a
-    file that changed since it was planned.
-    """
-    image = read_image(path, view=view or None)
-    plan, work = plan_view(image, tiling)
-    if expected_boxes is not None and not np.array_equal(plan.source_boxes, expected_boxes):
-        raise ImageReadError(
-            path,
-            f"its {plan.n_tiles} tiles differ from the store's plan of "
-            f"{len(expected_boxes)} (file changed since planning?)",
-        )
-    whole = global_view(work, input_size)  # [S, S]
-    tiles = cut_tiles(work, plan)  # [T, tile, tile]
-    size = tiling.tile_size
-    if size != input_size:
-        scale = size / input_size
-        resized = [area_resize(t, (input_size, input_size), scale) for t in tiles]
-        tiles = np.stack(resized) if resized else np.zeros((0, input_size, input_size), np.float32)
-    return whole, tiles
-
-
-def bag_inputs(views, tiling: TilingConfig, input_size: int) -> np.ndarray:
-    """[V + T, S, S]: the bag's global views, then its tiles view by view (the store's order).
-
-    views: [(path, view name, source boxes [T_v, 4])] as planned.
-    """
-    wholes, tiles = [], []
-    for path, name, boxes in views:
-        whole, cut = view_inputs(path, name, tiling, input_size, boxes)
-        wholes.append(whole[None])
-        tiles.append(cut)
-    return np.concatenate(wholes + tiles).astype(np.float32, copy=False)
-
-
-class _PlanJob:
-    """Map-style dataset: bag i -> plan_bag(bag i)."""
-
-    def __init__(self, bags: Sequence[BagSpec], tiling: TilingConfig):
-        self.bags, self.tiling = list(bags), tiling
-
-    def __len__(self):
-        return len(self.bags)
-
-    def __getitem__(self, i):
-        return plan_bag(self.bags[i], self.tiling)
-
-
-class _EncodeJob:
-    """Map-style dataset: item i -> (bag, inputs [V + T, S, S] or None, failure or None).
-
-    items: [(bag index, views, read)]; a bag with read=False (failed before) gives None.
-    """
-
-    def __init__(self, items, tiling: TilingConfig, input_size: int):
-        self.items, self.tiling, self.input_size = items, tiling, input_size
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        b, views, read = self.items[i]
-        if not read:
-            return b, None, None
-        try:
-            return b, bag_inputs(views, self.tiling, self.input_size), None
-        except (ImageReadError, FileNotFoundError, ValueError) as err:
-            # ImageReadError names its file in .path, FileNotFoundError in .filename.
-            path = getattr(err, "path", None) or getattr(err, "filename", None) or ""
-            return b, None, (path, _reason(err))
-
-
-def _as_is(item):
-    return item
-
-
-def _die_with_parent(parent_pid: int, _worker_id: int) -> None:
-    """DataLoader worker init: on Linux, ask for SIGKILL when the parent dies.
-
-    A SIGKILLed extraction cannot stop its workers, and a worker blocked on a full queue would
-    otherwise live on, holding the images it read and its parent's pipes.
-    """
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died before the request was made
-            os._exit(1)
-
-
-def _ordered(job, workers: int) -> Iterator:
-    """job[0], job[1], ... computed in `workers` DataLoader processes, yielded in order."""
-    if not workers:  # in this process, one item at a time, as DataLoader would
-        return (job[i] for i in range(len(job)))
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(
-        job,
-        batch_size=None,
-        shuffle=False,
-        num_workers=int(workers),
-        collate_fn=_as_is,  # keep numpy arrays and dataclasses as they are
-        worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
-        prefetch_factor=4,
-    )
-    return iter(loader)
 
 
 # --- batch schedule (pure) ---------------------------------------------------------------------
@@ -571,7 +312,7 @@ def _plan(cohort: Cohort, tiling: TilingConfig, cfg: ExtractConfig, csv_path: Pa
     from tqdm.auto import tqdm
 
     plans, excluded, failed = [], Counter(), {}
-    results = _ordered(_PlanJob(cohort.bags, tiling), cfg.workers)
+    results = ordered(PlanJob(cohort.bags, tiling), cfg.workers)
     for i, (plan, dropped, failures) in enumerate(
         tqdm(results, total=len(cohort.bags), desc="plan", unit="bag", disable=not progress)
     ):
@@ -644,7 +385,7 @@ class _Encoding:
         """Receive one bag's inputs from the loader; a pending bag that failed is marked."""
         b, inputs, failure = item
         if failure is not None:
-            failure = _shown(failure[0], self.refs.get(failure[0], ""), failure[1])
+            failure = shown_as(failure[0], self.refs.get(failure[0], ""), failure[1])
             bag_id = str(self.bag_ids[b])
             if self.status[b] == PENDING:
                 append_failures(self.csv_path, [(bag_id, failure[0], "encode", failure[1])])
@@ -726,7 +467,7 @@ def _encode(
     mine = state.status[bags.start : bags.stop] == PENDING
     todo = int(state.rows[bags.start : bags.stop][mine].sum())
     state.bar = tqdm(total=todo, desc="encode", unit="tile", disable=not progress)
-    loaded = _ordered(_EncodeJob(items, tiling, encoder.spec.input_size), cfg.workers)
+    loaded = ordered(EncodeJob(items, tiling, encoder.spec.input_size), cfg.workers)
     try:
         for c0, c1, k in schedule:
             # A bag read for a batch may also reach into a later batch that is not re-encoded.

@@ -26,7 +26,8 @@ from test_imaging import _voi_lut_item, stored_breast, write_dicom
 from milpf_jax.breast import EmptyViewWarning
 from milpf_jax.cohort import manifest_from_dicoms, read_manifest
 from milpf_jax.experiment import SweepConfig, run_sweep
-from milpf_jax.extract import extract, read_failures, tiling_config
+from milpf_jax.extract import extract, tiling_config
+from milpf_jax.failures import read_failures
 from milpf_jax.head import HeadConfig, init_params
 from milpf_jax.imaging import ImageReadError, read_image
 from milpf_jax.inference import Bag, Head, predict

@@ -31,18 +31,16 @@ from milpf_jax.cohort import read_manifest, resolve_cohort
 from milpf_jax.extract import (
     ExtractConfig,
     ExtractionFailed,
-    append_failures,
     batch_schedule,
     cohort_identity,
     ensure_store,
     extract,
-    failures_path,
     parse_shard,
-    read_failures,
     shard_from_env,
     store_name,
     tiling_config,
 )
+from milpf_jax.failures import append_failures, failures_path, read_failures
 from milpf_jax.imaging import read_image
 from milpf_jax.store import DONE, FAILED, PENDING, Store, StoreMismatch
 

@@ -36,7 +36,8 @@ from milpf_jax.cohort import (
     read_or_create_key,
 )
 from milpf_jax.experiment import SweepConfig, run_sweep
-from milpf_jax.extract import extract, image_locations, read_failures
+from milpf_jax.extract import extract, image_locations
+from milpf_jax.failures import read_failures
 from milpf_jax.store import DONE, FAILED, Store, StoreMismatch
 
 from conftest import load_script
