@@ -51,6 +51,7 @@ from milpf_jax.detection import (
     peak_point,
     point_to_box,
 )
+from milpf_jax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -629,8 +630,6 @@ def explain_run(
       The dict written to detection.json ("bags", "views", "failed": [(bag_id, reason)],
       "detection": `detection_report`, "localisation", "settings", ...) plus "out".
     """
-    from tqdm.auto import tqdm
-
     from milpf_jax.cohort import Cohort, resolve_cohort
     from milpf_jax.experiment import write_json
     from milpf_jax.extract import cache_root, cohort_identity
@@ -656,7 +655,7 @@ def explain_run(
     if save_maps:
         (out / "maps").mkdir(exist_ok=True)
     acc = _Collected()
-    for bag in tqdm(bags, desc="explain", unit="bag", disable=not progress):
+    for bag in progress_bar(bags, desc="explain", unit="bag", disable=not progress):
         try:
             result = explain_bag(explainer, bag, threshold=threshold, keep_pixels=True)
         except (ImageReadError, FileNotFoundError, ValueError) as err:

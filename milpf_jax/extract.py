@@ -54,6 +54,7 @@ from milpf_jax.breast import ORIGINAL_OVERLAP, PRESETS, TilingConfig
 from milpf_jax.cohort import Cohort, resolve_cohort
 from milpf_jax.encoder_inputs import EncodeJob, PlanJob, bag_inputs, ordered
 from milpf_jax.failures import append_failures, failures_path, shown_as
+from milpf_jax.progress import progress_bar
 from milpf_jax.store import DEFAULT_CHUNK_BAGS, DONE, FAILED, PENDING, BagPlan, Store, StoreMismatch
 
 log = logging.getLogger(__name__)
@@ -309,12 +310,10 @@ def batch_schedule(rows, status, batch_size: int) -> tuple[np.ndarray, np.ndarra
 
 def _plan(cohort: Cohort, tiling: TilingConfig, cfg: ExtractConfig, csv_path: Path, progress):
     """Plan every bag. Returns (plans, excluded counts, {bag index: failure reason})."""
-    from tqdm.auto import tqdm
-
     plans, excluded, failed = [], Counter(), {}
     results = ordered(PlanJob(cohort.bags, tiling), cfg.workers)
     for i, (plan, dropped, failures) in enumerate(
-        tqdm(results, total=len(cohort.bags), desc="plan", unit="bag", disable=not progress)
+        progress_bar(results, total=len(cohort.bags), desc="plan", unit="bag", disable=not progress)
     ):
         bag = cohort.bags[i]
         excluded.update(reason for _, reason in dropped)
@@ -447,8 +446,6 @@ def _encode(
     """Encode the pending bags among `bags` (whole chunks); returns counters of what was done.
 
     locate: {view_ref: path} (`image_locations`) for a store that records refs, not paths."""
-    from tqdm.auto import tqdm
-
     arrays = {name: store.array(name) for name in (
         "global_mask", "tiles_mask", "tile_boxes", "view_path", "view_name")}  # fmt: skip
     state = _Encoding(store, encoder, cfg, csv_path, arrays, locate)
@@ -466,7 +463,7 @@ def _encode(
         return state.stats
     mine = state.status[bags.start : bags.stop] == PENDING
     todo = int(state.rows[bags.start : bags.stop][mine].sum())
-    state.bar = tqdm(total=todo, desc="encode", unit="tile", disable=not progress)
+    state.bar = progress_bar(total=todo, desc="encode", unit="tile", disable=not progress)
     loaded = ordered(EncodeJob(items, tiling, encoder.spec.input_size), cfg.workers)
     try:
         for c0, c1, k in schedule:

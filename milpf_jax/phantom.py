@@ -839,9 +839,9 @@ def make_phantom_cohort(
     jobs = [(cfg, str(out_dir), plans[i : i + 2]) for i in range(0, len(plans), 2)]
     bar = None
     if progress:
-        from tqdm import tqdm
+        from milpf_jax.progress import progress_bar
 
-        bar = tqdm(total=len(plans), desc="phantom", unit="img")
+        bar = progress_bar(total=len(plans), desc="phantom", unit="img")
     if workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

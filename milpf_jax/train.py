@@ -458,9 +458,9 @@ def _check_finite(hist: History, first_epoch: int):
 def _progress_bar(total: int, runs: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from milpf_jax.progress import progress_bar
 
-    return tqdm(total=total, desc=f"train {runs} runs", unit="epoch", leave=False)
+    return progress_bar(total=total, desc=f"train {runs} runs", unit="epoch", leave=False)
 
 
 def predict_runs(params, batch: BagBatch, head: HeadConfig) -> np.ndarray:
