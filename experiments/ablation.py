@@ -18,12 +18,10 @@ if __name__ == "__main__":  # allocator and XLA settings, before jax loads (milp
 
     configure_process()
 
-import csv
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 VARIANTS = {  # name -> (global_pool, local_pool); Table 4 rows
     "full (max, attn)": ("max", "attn"),
@@ -32,51 +30,26 @@ VARIANTS = {  # name -> (global_pool, local_pool); Table 4 rows
 }
 
 
-def lesion_kinds_by_bag(manifest: Path) -> dict[str, str]:
-    """bag_id -> lesion_kinds from a manifest with that column ('' for normal bags)."""
-    kinds: dict[str, str] = {}
-    with open(manifest, newline="") as f:
-        for row in csv.DictReader(f):
-            if "lesion_kinds" not in row:
-                return {}
-            bag = f"{row['patient_id']}/{row['exam_id']}/{row['laterality']}"
-            kinds[bag] = row["lesion_kinds"]
-    return kinds
-
-
-def subgroup_aucs(run_dir: Path, kinds: dict[str, str]) -> dict[str, float]:
-    """Test AUC of each positive lesion kind against all negative test bags (best run)."""
-    from sklearn.metrics import roc_auc_score
-
-    with open(run_dir / "predictions.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
-    neg = [float(r["p_best"]) for r in rows if r["label"] == "0"]
-    out = {}
-    for kind in sorted({kinds.get(r["bag_id"], "") for r in rows if r["label"] == "1"}):
-        pos = [float(r["p_best"]) for r in rows
-               if r["label"] == "1" and kinds.get(r["bag_id"], "") == kind]
-        y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
-        out[f"{kind or 'unlabelled'} (n={len(pos)})"] = float(roc_auc_score(y, neg + pos))
-    return out
-
-
 def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import sweep
 
     from milpf_jax.cli import command_line, config_from_args
+    from milpf_jax.cohort import bag_values, manifest_of
     from milpf_jax.compare import compare_runs, format_comparison, write_comparison
     from milpf_jax.experiment import SweepConfig, run_sweep
+    from milpf_jax.subgroups import subgroup_aucs
 
     parser = sweep.build_parser()
     args = parser.parse_args(argv)
     store, cohort, encoder = sweep.resolve_store(args, parser)
     kinds = {}
-    if not args.store:
-        from milpf_jax.cohort import resolve_cohort
-
-        c = resolve_cohort(args.cohort or sweep.DEFAULT_COHORT)
-        kinds = lesion_kinds_by_bag(Path(c.bags[0].images[0].path).parent.parent / "manifest.csv")
+    manifest = None if args.store else manifest_of(args.cohort or sweep.DEFAULT_COHORT)
+    if manifest is not None:
+        try:
+            kinds = bag_values(manifest, "lesion_kinds")
+        except ValueError:  # a manifest without that column
+            kinds = {}
     out = Path(args.out or Path("runs") / f"ablation-{cohort}-{encoder}-"
                f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     lines, run_dirs = [], []
@@ -88,7 +61,8 @@ def main(argv=None) -> int:
                         progress=not args.quiet)
         best, summ = res["best"]["test"], res["summary"]
         lo, hi = best["auc"]["ci95"] or (float("nan"),) * 2
-        sub = subgroup_aucs(run_dir, kinds) if kinds else {}
+        sub = {f"{g['value'] or 'unlabelled'} (n={g['positives']})": g["auc"]
+               for g in subgroup_aucs(run_dir, kinds, n_boot=0)["groups"]} if kinds else {}
         lines.append((name, best["auc"]["value"], lo, hi, summ["auc"]["mean"], summ["auc"]["std"],
                       best["spec_at_sens90_roc"]["value"], sub))
         print(f"{name}: test AUC {best['auc']['value']:.3f} [{lo:.3f}, {hi:.3f}]", flush=True)

@@ -257,6 +257,27 @@ def _group_rows(rows: list[_Row]) -> tuple[dict[tuple, list[_Row]], dict[str, li
     return bags, problems
 
 
+def bag_id_of(patient_id: str, exam_id: str, laterality: str) -> str:
+    """A bag's id: one breast of one exam."""
+    return f"{patient_id}/{exam_id}/{laterality}"
+
+
+def bag_values(csv_path: str | os.PathLike, column: str) -> dict[str, str]:
+    """bag_id -> the value of a manifest column that the bag's images share ("mixed" when they
+    differ, "" when empty). Reads the CSV only: the images need not be at hand."""
+    path = Path(csv_path)
+    header, cells = _read_csv(path)
+    column = column.strip().lower()
+    if column not in header or not set(REQUIRED_COLUMNS) <= set(header):
+        raise ValueError(f"{path}: needs the columns {list(REQUIRED_COLUMNS)} and {column!r} "
+                         f"(found {header})")
+    values: dict[str, set[str]] = {}
+    for _, c in cells:
+        bag = bag_id_of(c["patient_id"], c["exam_id"], c["laterality"].upper())
+        values.setdefault(bag, set()).add(c.get(column, ""))
+    return {bag: v.pop() if len(v) == 1 else "mixed" for bag, v in values.items()}
+
+
 def read_manifest(csv_path: str | os.PathLike) -> Cohort:
     """Read a manifest CSV into a Cohort; every problem found is reported in one ValueError.
 
@@ -294,7 +315,7 @@ def read_manifest(csv_path: str | os.PathLike) -> Cohort:
         ]
         bags.append(
             BagSpec(
-                bag_id=f"{patient}/{exam}/{lat}",
+                bag_id=bag_id_of(patient, exam, lat),
                 patient_id=patient,
                 exam_id=exam,
                 laterality=lat,
@@ -460,6 +481,14 @@ def _phantom_config(overrides: str):
 
 def _phantom(cache_dir, overrides: str = "", progress: bool = True) -> Cohort:
     import dataclasses
+
+    manifest = _phantom_manifest(cache_dir, overrides, progress)
+    return dataclasses.replace(read_manifest(manifest), name="phantom")
+
+
+def _phantom_manifest(cache_dir, overrides: str = "", progress: bool = True) -> Path:
+    """The manifest of the phantom cohort a spec names, written to the cache if missing."""
+    import dataclasses
     import hashlib
     import json
 
@@ -469,10 +498,17 @@ def _phantom(cache_dir, overrides: str = "", progress: bool = True) -> Cohort:
     text = json.dumps([PHANTOM_VERSION, dataclasses.asdict(cfg)], sort_keys=True)
     key = hashlib.sha256(text.encode()).hexdigest()[:10]
     root = cache_dir or os.environ.get("MILPF_CACHE") or Path.home() / ".cache" / "milpf-jax"
-    manifest = make_phantom_cohort(
+    return make_phantom_cohort(
         Path(root).expanduser() / "cohorts" / f"phantom-{key}", cfg, progress=progress
     )
-    return dataclasses.replace(read_manifest(manifest), name="phantom")
+
+
+def manifest_of(spec: str, *, cache_dir=None) -> Path | None:
+    """The manifest CSV behind a cohort spec (a manifest's path, or the phantom's in the cache);
+    None for a cohort read without one (mias:DIR)."""
+    if spec == "phantom" or spec.startswith("phantom:"):
+        return _phantom_manifest(cache_dir, spec[len("phantom:") :] if ":" in spec else "", False)
+    return Path(spec) if spec.lower().endswith(".csv") else None
 
 
 # Fallback when ViewPosition is empty: the View Code Sequence's meaning (DICOM CID 4014).

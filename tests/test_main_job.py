@@ -101,3 +101,22 @@ def test_encoder_comparison_sweeps_each_encoder_and_pairs_them(main_job, tmp_pat
     assert c["metrics"]["auc"]["a"] == pytest.approx(tiny["best"]["test"]["auc"]["value"])
     assert c["metrics"]["auc"]["b"] == pytest.approx(effnet["best"]["test"]["auc"]["value"])
     assert not (out / "dinov2-small").exists()
+
+
+def test_ablation_three_heads_compared_and_split_by_lesion_kind(main_job, tmp_path, capsys):
+    """experiments/ablation.py on the main job's store: three sweeps, the paired comparison
+    against the full head, and the per-kind AUCs from the phantom manifest's lesion_kinds."""
+    _, _, args = main_job
+    out = tmp_path / "ablation"
+    assert load_script("ablation").main(args + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["reference"] == "full"
+    assert [c["run"] for c in comparison["comparisons"]] == ["global-only", "local-only"]
+    for c in comparison["comparisons"]:
+        run = json.loads((out / c["run"] / "results.json").read_text())
+        assert c["metrics"]["auc"]["a"] == pytest.approx(run["best"]["test"]["auc"]["value"])
+        assert run["head"]["global_pool" if c["run"] == "local-only" else "local_pool"] == "none"
+    header = next(line for line in printed.splitlines() if line.startswith("| head |"))
+    assert "AUC mass (n=" in header  # lesion_kinds of the phantom's manifest
+    assert "| global-only |" in printed and (out / "comparison.md").is_file()
