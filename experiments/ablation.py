@@ -50,6 +50,7 @@ def main(argv=None) -> int:
             kinds = bag_values(manifest, "lesion_kinds")
         except ValueError:  # a manifest without that column
             kinds = {}
+    command = command_line("experiments/ablation.py", argv)  # each variant's results.json
     out = Path(args.out or Path("runs") / f"ablation-{cohort}-{encoder}-"
                f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     lines, run_dirs = [], []
@@ -57,8 +58,7 @@ def main(argv=None) -> int:
         cfg = config_from_args(SweepConfig, args, global_pool=gp, local_pool=lp)
         run_dir = out / name.split(" (")[0].replace(" ", "-")
         run_dirs.append(run_dir)
-        res = run_sweep(store, cfg, run_dir, command=f"ablation: {name}",
-                        progress=not args.quiet)
+        res = run_sweep(store, cfg, run_dir, command=command, progress=not args.quiet)
         best, summ = res["best"]["test"], res["summary"]
         lo, hi = best["auc"]["ci95"] or (float("nan"),) * 2
         sub = {f"{g['value'] or 'unlabelled'} (n={g['positives']})": g["auc"]
@@ -73,8 +73,7 @@ def main(argv=None) -> int:
         print(f"| {name} | {v:.3f} [{lo:.3f}, {hi:.3f}] | {m:.3f} ± {s:.3f} | {spec:.3f} | "
               + " | ".join(f"{x:.3f}" for x in sub.values()) + " |")
     if cfg.bootstrap:  # --bootstrap 0 asks for no intervals
-        comparison = compare_runs(run_dirs, n_boot=cfg.bootstrap,
-                                  command=command_line("experiments/ablation.py", argv))
+        comparison = compare_runs(run_dirs, n_boot=cfg.bootstrap, command=command)
         write_comparison(out, comparison)
         print("\nEach head against the full one, paired on the test patients:\n")
         print(format_comparison(comparison))

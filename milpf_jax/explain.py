@@ -416,7 +416,8 @@ def run_cohort_spec(run_dir) -> str:
     spec = _flag_value(words, "--cohort")
     if spec:
         return spec
-    if any(w.endswith("sweep.py") for w in words[:2]) and _flag_value(words, "--store") is None:
+    scripts = ("sweep.py", "ablation.py", "encoders.py")  # their default cohort
+    if any(w.endswith(scripts) for w in words[:2]) and _flag_value(words, "--store") is None:
         return DEFAULT_RUN_COHORT
     raise ValueError(
         f"{run_dir}: cannot tell from its command ({command!r}) which cohort it was trained on; "

@@ -218,6 +218,9 @@ def test_a_head_without_tile_attention_is_refused():
     ("python experiments/sweep.py --cohort mias:/data/mias --seeds 4", "mias:/data/mias"),
     ("python experiments/sweep.py --cohort=x.csv", "x.csv"),
     ("python experiments/sweep.py --quiet", "phantom"),  # the main job's default cohort
+    ("python experiments/ablation.py --seeds 4", "phantom"),
+    ("python experiments/encoders.py --encoders a,b --cohort m.csv", "m.csv"),
+    ("python experiments/evaluate.py --run r", None),
     ("python experiments/sweep.py --store s.zarr", None),
     ("", None),
 ])  # fmt: skip

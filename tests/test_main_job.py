@@ -120,3 +120,7 @@ def test_ablation_three_heads_compared_and_split_by_lesion_kind(main_job, tmp_pa
     header = next(line for line in printed.splitlines() if line.startswith("| head |"))
     assert "AUC mass (n=" in header  # lesion_kinds of the phantom's manifest
     assert "| global-only |" in printed and (out / "comparison.md").is_file()
+    # Each variant's results.json holds the command that reproduces it, so its cohort is known.
+    from milpf_jax.explain import run_cohort_spec
+
+    assert run_cohort_spec(out / "local-only") == SPEC
