@@ -66,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat the sweep on each of these patient-grouped splits (one run "
                         "folder each, OUT/split-<seed>/) and summarise the best-validation "
                         "runs' test metrics across splits in OUT/splits.json")
+    p.add_argument("--folds", type=int, metavar="N",
+                   help="N-fold patient-grouped cross-validation instead: the sweep once per "
+                        "fold (OUT/fold-<k>/), each fold the test split once; OUT/folds.json "
+                        "holds per-fold results, mean ± std and the pooled out-of-fold AUC")
     train = p.add_argument_group("training (defaults reproduce the paper)")
     add_config_flags(train, SweepConfig, choices=dict(
         global_pool=GLOBAL_POOLS, local_pool=LOCAL_POOLS, mode=MODES, mapping=sorted(MAPPINGS),
         first_layer_dtype=("auto", "float32", "bfloat16")), help=dict(
         lr="Adam learning rate(s), comma list = grid", weight_decay="coupled L2, comma list",
         seeds="runs per grid point", mode="mil, or instance (Table 4 'inf. only')",
-        bootstrap="bootstrap resamples for the 95%% intervals (0: none)"))
+        bootstrap="bootstrap resamples for the 95%% intervals (0: none)",
+        fold="k/n: train and test on fold k of an n-fold cross-validation (see --folds)"))
     return p
 
 
@@ -112,13 +117,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.split_seeds and args.split_seed is not None:
         parser.error("give --split-seed or --split-seeds, not both")
+    if args.folds is not None and (args.split_seeds or args.fold or args.folds < 3):
+        parser.error("--folds N needs N >= 3 and goes without --split-seeds and --fold")
     cfg = config_from_args(SweepConfig, args)
     command = command_line("experiments/sweep.py", argv)
     t0 = time.perf_counter()
     store, cohort, encoder = resolve_store(args, parser)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(args.out or Path("runs") / f"{cohort}-{encoder}-{stamp}")
-    if args.split_seeds:
+    if args.split_seeds or args.folds:
         return _repeated_splits(store, cfg, out, args, command, t0)
     results = run_sweep(store, cfg, out, command=command, progress=not args.quiet)
     print(format_table(results))
@@ -128,18 +135,37 @@ def main(argv=None) -> int:
 
 
 def _repeated_splits(store, cfg, out: Path, args, command: str, t0: float) -> int:
-    from milpf_jax.experiment import format_splits, summarize_splits, write_json
+    """The sweep on several split seeds (--split-seeds) or on every fold (--folds)."""
+    from milpf_jax.experiment import (
+        FOLDS_DEFINITION,
+        format_splits,
+        pooled_out_of_fold,
+        summarize_splits,
+        write_json,
+    )
 
+    if args.folds:
+        splits = {k: (f"fold {k}/{args.folds}", out / f"fold-{k}",
+                      cfg.replace(fold=f"{k}/{args.folds}")) for k in range(args.folds)}
+    else:
+        splits = {seed: (f"split seed {seed}", out / f"split-{seed}",
+                         cfg.replace(split_seed=seed)) for seed in args.split_seeds}
     results = {}
-    for seed in args.split_seeds:
-        run_dir = out / f"split-{seed}"
-        results[seed] = run_sweep(store, cfg.replace(split_seed=seed), run_dir,
-                                  command=command, progress=not args.quiet)
-        print(f"split seed {seed}:\n{format_table(results[seed])}\n")
-    summary = dict(summarize_splits(results), command=command)
-    write_json(out / "splits.json", summary)
+    for key, (name, run_dir, split_cfg) in splits.items():
+        results[key] = run_sweep(store, split_cfg, run_dir, command=command,
+                                 progress=not args.quiet)
+        print(f"{name}:\n{format_table(results[key])}\n")
+    if args.folds:
+        summary = summarize_splits(results, key="fold", definition=FOLDS_DEFINITION)
+        summary["pooled"] = pooled_out_of_fold([d for _, d, _ in splits.values()],
+                                               n_boot=cfg.bootstrap, seed=cfg.init_seed)
+        name = "folds.json"
+    else:
+        summary, name = summarize_splits(results), "splits.json"
+    summary["command"] = command
+    write_json(out / name, summary)
     print(format_splits(summary))
-    print(f"\nwrote {out}/splits.json and a run folder per split "
+    print(f"\nwrote {out}/{name} and a run folder per {'fold' if args.folds else 'split'} "
           f"(total {time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -52,10 +52,15 @@ class SweepConfig:
     mode: str = "mil"
     mapping: str | None = None
     split_seed: int = 0
+    fold: str | None = None  # "k/n": fold k of an n-fold cross-validation instead of 70/10/20
     init_seed: int = 0
     first_layer_dtype: str = "auto"  # bfloat16 where native (f32 accumulation), else float32
     bootstrap: int = 1000
     allow_partial: bool = False
+
+    def __post_init__(self):
+        if self.fold is not None:
+            labels.parse_fold(self.fold)
 
     def replace(self, **changes) -> SweepConfig:
         return dataclasses.replace(self, **changes)
@@ -204,7 +209,7 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_load = time.perf_counter()
-    packed = load_packed(store, mapping=cfg.mapping, split_seed=cfg.split_seed,
+    packed = load_packed(store, mapping=cfg.mapping, split_seed=cfg.split_seed, fold=cfg.fold,
                          allow_partial=cfg.allow_partial)
     load_seconds = time.perf_counter() - t_load
     tcfg = train_config(cfg, packed.dim)
@@ -237,7 +242,7 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
         store=str(packed.info["store"]),
         store_attrs=store_attrs,
         data=dict(
-            mapping=packed.info["mapping"], split_seed=cfg.split_seed,
+            mapping=packed.info["mapping"], split_seed=cfg.split_seed, fold=cfg.fold,
             excluded_by_mapping=packed.info["excluded"], skipped_unfinished=packed.info["skipped"],
             bags={s: int(np.sum(packed.splits == i)) for i, s in enumerate(labels.SPLIT_NAMES)},
             positives={s: int(np.sum(packed.labels[packed.splits == i]))
@@ -279,7 +284,7 @@ def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: 
         store_attrs=store_attrs, seed=table[best]["seed"], lr=table[best]["lr"],
         weight_decay=table[best]["weight_decay"], val_auc=float(state.best_val_auc[best]),
         best_epoch=int(state.best_epoch[best]), mapping=packed.info["mapping"],
-        split_seed=cfg.split_seed, command=command))
+        split_seed=cfg.split_seed, fold=cfg.fold, command=command))
     write_json(out / "results.json", results)
     (out / "results.md").write_text(format_markdown(results))
     return results
@@ -324,7 +329,9 @@ def format_markdown(results: dict) -> str:
         "",
         f"Store: `{results['store']}` (encoder {results['store_attrs'].get('encoder')}, "
         f"cohort {results['store_attrs'].get('cohort')}); mapping {results['data']['mapping']}, "
-        f"split seed {results['data']['split_seed']}; bags {results['data']['bags']}, "
+        f"split seed {results['data']['split_seed']}"
+        + (f", fold {results['data']['fold']}" if results["data"].get("fold") else "")
+        + f"; bags {results['data']['bags']}, "
         f"positives {results['data']['positives']}.",
         "",
         f"Best validation run: seed {b['seed']}, lr {b['lr']:g}, weight decay "
@@ -362,16 +369,30 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize_splits(results_by_seed: dict[int, dict]) -> dict:
-    """Repeated patient-grouped splits: per split seed the best-validation run's test metrics
-    (and exam-level AUC where there is one), then their mean and sample std across splits.
+SPLITS_DEFINITION = (
+    "Each split seed draws its own patient-grouped 70/10/20 split; on each, the run with the "
+    "highest validation AUC is tested once. Mean and sample std across splits of those test "
+    "metrics.")
+FOLDS_DEFINITION = (
+    "Patient-grouped, label-stratified k-fold cross-validation: each fold is the test split once "
+    "(a validation split of 10% of the patients drawn from the other folds); on each, the run "
+    "with the highest validation AUC is tested once. Mean and sample std across folds of those "
+    "test metrics; `pooled`: every bag scored once, by its own fold's selected head.")
 
-    results_by_seed: split seed -> the results dict of `run_sweep` on that split.
+
+def summarize_splits(results_by_seed: dict, *, key: str = "split_seed",
+                     definition: str = SPLITS_DEFINITION) -> dict:
+    """Repeated patient-grouped splits (or the folds of a cross-validation): per split the
+    best-validation run's test metrics (and exam-level AUC where there is one), then their mean
+    and sample std across splits.
+
+    results_by_seed: split seed (or fold) -> the results dict of `run_sweep` on that split.
+    key: the name of that first column ("split_seed" or "fold").
     """
     per_split = []
     for seed, res in sorted(results_by_seed.items()):
         b = res["best"]
-        row = dict(split_seed=int(seed), run=b["run"], seed=b["seed"], lr=b["lr"],
+        row = {key: int(seed)} | dict(run=b["run"], seed=b["seed"], lr=b["lr"],
                    weight_decay=b["weight_decay"], val_auc=b["val"]["auc"],
                    test={k: b["test"][k]["value"] for k in TABLE_METRICS},
                    test_bags=res["data"]["bags"]["test"])
@@ -387,10 +408,8 @@ def summarize_splits(results_by_seed: dict[int, dict]) -> dict:
     summary = {k: spread([r["test"][k] for r in per_split]) for k in TABLE_METRICS}
     if all("test_exam_auc" in r for r in per_split):
         summary["exam_auc"] = spread([r["test_exam_auc"] for r in per_split])
-    return dict(format_version=RESULTS_FORMAT_VERSION, splits=per_split, summary=summary,
-                definition="Each split seed draws its own patient-grouped 70/10/20 split; on "
-                           "each, the run with the highest validation AUC is tested once. "
-                           "Mean and sample std across splits of those test metrics.")
+    return dict(format_version=RESULTS_FORMAT_VERSION, key=key, splits=per_split,
+                summary=summary, definition=definition)
 
 
 _SHORT_NAMES = {"auc": "AUC", "bacc": "bACC", "spec_at_sens90_roc": "Sp@Se90 ROC",
@@ -402,17 +421,46 @@ def format_splits(summary: dict) -> str:
     """Plain-text table of `summarize_splits`: one row per split (best-validation run, test
     metrics), then mean +- std across splits."""
     keys = list(TABLE_METRICS) + (["exam_auc"] if "exam_auc" in summary["summary"] else [])
-    rows = [f"{'split seed':>10} {'test bags':>9} {'val AUC':>8} "
+    key = summary.get("key", "split_seed")
+    rows = [f"{key.replace('_', ' '):>10} {'test bags':>9} {'val AUC':>8} "
             + " ".join(f"{_SHORT_NAMES[k]:>12}" for k in keys)]
     for r in summary["splits"]:
         values = [r["test"][k] for k in TABLE_METRICS] + (
             [r["test_exam_auc"]] if "exam_auc" in keys else [])
-        rows.append(f"{r['split_seed']:>10} {r['test_bags']:>9} {r['val_auc']:>8.3f} "
+        rows.append(f"{r[key]:>10} {r['test_bags']:>9} {r['val_auc']:>8.3f} "
                     + " ".join(f"{v:>12.3f}" for v in values))
     s = summary["summary"]
     rows.append(f"{'mean ± std':>10} {'':>9} {'':>8} "
                 + " ".join(f"{s[k]['mean']:.3f}±{s[k]['std']:.3f}".rjust(12) for k in keys))
+    for name, entry in (summary.get("pooled") or {}).items():
+        rows.append(f"pooled out-of-fold {name}: {_fmt_ci(entry)} over {entry['n']} "
+                    f"{'exams' if 'exam' in name else 'bags'}")
     return "\n".join(rows)
+
+
+def pooled_out_of_fold(run_dirs, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """AUC over every bag of a cross-validation, each scored once by its own fold's selected
+    head (the test split of that fold's predictions.csv), with a patient-bootstrap 95% CI; and
+    the same at exam level where bag ids name exams."""
+    rows = [r for d in run_dirs for r in read_predictions(d).values() if r["split"] == "test"]
+    ids = np.array([r["bag_id"] for r in rows], dtype=object)
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["p_best"]) for r in rows])
+    patients = np.array([r["patient_id"] for r in rows], dtype=object)
+    if len(set(ids)) != len(ids):
+        raise ValueError("pooled_out_of_fold: a bag is in the test split of two folds")
+    auc = {"auc": metrics.BOOTSTRAP_METRICS["auc"]}
+
+    def entry(y, p, patients) -> dict:
+        ci = metrics.bootstrap_ci(y, p, patients, auc, y_val=y, p_val=p, n_boot=n_boot,
+                                  seed=seed)["auc"] if n_boot else None
+        return dict(value=metrics.roc_auc(y, p), ci95=list(ci) if ci else None, n=int(y.size))
+
+    out = {"auc": entry(y, p, patients)}
+    exams = metrics.exam_level(ids, y, p, patients)
+    if exams is not None and len(np.unique(exams[1])) == 2:
+        out["exam_auc"] = entry(*exams[1:])
+    return out
 
 
 def read_predictions(run_dir) -> dict[str, dict]:

@@ -14,6 +14,7 @@ import numpy as np
 
 SPLIT_NAMES = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
+VAL_FRACTION = 0.1  # of all patients, in the 70/10/20 split and in every fold of a k-fold split
 
 # Paper, section 3.1: "we use BI-RADS 1 as negative, and BI-RADS 4, 5 and 6 as positive";
 # 0, 2 and 3 are left out of the task.
@@ -133,3 +134,51 @@ def make_splits(
         split[free] = [assigned[str(p)] for p in patient_ids[free]]
     return split
 
+
+
+def parse_fold(text: str) -> tuple[int, int]:
+    """'k/n' -> (k, n): fold k (0-based) of an n-fold cross-validation, 0 <= k < n, n >= 3."""
+    k, _, n = str(text).partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        k, n = -1, 0
+    if not (n >= 3 and 0 <= k < n):
+        raise ValueError(f"fold {text!r}: expected k/n with 0 <= k < n and n >= 3, e.g. 0/5")
+    return k, n
+
+
+def make_folds(
+    patient_ids: Sequence[str],
+    raw_labels: Sequence[str],
+    split_given: Sequence[int],
+    *,
+    fold: int,
+    n_folds: int,
+    seed: int = 0,
+) -> np.ndarray:
+    """Fold `fold` of an n-fold patient-grouped cross-validation, stratified by raw label.
+
+    Patients are dealt into n folds (the same for every `fold` of one seed); fold `fold` is the
+    test split, and a validation split of VAL_FRACTION of all patients is drawn, stratified,
+    from the others (seeded by seed and fold); the rest train. Over the n folds every patient
+    is tested exactly once. With 5 folds: 70/10/20, as the default split.
+
+    Returns:
+      int8 [B] split codes (0 train, 1 val, 2 test).
+    """
+    parse_fold(f"{fold}/{n_folds}")
+    if np.any(np.asarray(split_given) >= 0):
+        raise ValueError("cross-validation assigns every split itself, but the manifest gives "
+                         "splits: drop its split column (or use the given split without folds)")
+    patient_ids = np.asarray(patient_ids, dtype=object)
+    patients, strata = _patient_strata(patient_ids, np.asarray(raw_labels, dtype=object))
+    dealt = _split_patients(strata, seed, np.full(n_folds, 1.0 / n_folds))  # [P] fold
+    rest = np.flatnonzero(dealt != fold)
+    val_share = VAL_FRACTION * n_folds / (n_folds - 1)  # of the patients outside the test fold
+    inner = _split_patients([strata[i] for i in rest], seed * 1_000 + fold + 1,
+                            (1.0 - val_share, val_share))
+    code = np.full(len(patients), TEST, dtype=np.int8)
+    code[rest] = np.where(inner == 1, VAL, TRAIN)
+    by_patient = dict(zip(patients, code))
+    return np.array([by_patient[str(p)] for p in patient_ids], dtype=np.int8)

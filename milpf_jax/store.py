@@ -394,6 +394,7 @@ def load_packed(
     *,
     mapping: str | None = None,
     split_seed: int = 0,
+    fold: str | None = None,
     allow_partial: bool = False,
     dtype=np.float32,
 ) -> PackedBags:
@@ -405,6 +406,8 @@ def load_packed(
         whose raw label the mapping leaves out are dropped and counted in info["excluded"].
       split_seed: seed of the 70/10/20 patient-grouped split (a manifest's split wins). Splits
         are drawn over every planned bag, so they do not change with the mapping.
+      fold: "k/n": instead, fold k of an n-fold patient-grouped cross-validation drawn with
+        split_seed (`labels.make_folds`): fold k is the test split.
       allow_partial: if False (default) a store with pending or failed bags is refused; if True
         those bags are skipped and counted in info["skipped"]. Never read as zeros. Bags that
         hold NaN or inf (written outside `write_bag`) are refused, named.
@@ -428,7 +431,12 @@ def load_packed(
     patients = store.array("patient_id")
     mapping_name, table = labels.resolve_mapping(mapping, attrs["label_kind"])
     mapped = labels.map_labels(raw, table)
-    splits = labels.make_splits(patients, raw, store.array("split_given"), seed=split_seed)
+    if fold is None:
+        splits = labels.make_splits(patients, raw, store.array("split_given"), seed=split_seed)
+    else:
+        k, n = labels.parse_fold(fold)
+        splits = labels.make_folds(patients, raw, store.array("split_given"), fold=k, n_folds=n,
+                                   seed=split_seed)
     done = status == DONE
     keep = done & (mapped >= 0)
     kept = np.flatnonzero(keep)
@@ -436,6 +444,7 @@ def load_packed(
     info = dict(
         mapping=mapping_name,
         split_seed=int(split_seed),
+        fold=fold,
         excluded=labels.excluded_counts(raw[done], mapped[done]),
         skipped=int(len(not_done)),
         store=store.path,

@@ -127,8 +127,32 @@ def test_sweep_cli_flags(tmp_path):
             test_patients.append({r["patient_id"] for r in csv.DictReader(f)
                                   if r["split"] == "test"})
     assert test_patients[0] != test_patients[1]
+    # Cross-validation: every bag tested once, by its own fold's selected head; the pooled
+    # out-of-fold AUC is over all of them.
+    rc = sweep.main(["--store", str(tmp_path / "s.zarr"), "--seeds", "2", "--epochs", "5",
+                     "--bootstrap", "50", "--quiet", "--out", str(tmp_path / "cv"),
+                     "--folds", "3"])
+    cv = json.loads((tmp_path / "cv" / "folds.json").read_text())
+    assert rc == 0 and cv["key"] == "fold" and [r["fold"] for r in cv["splits"]] == [0, 1, 2]
+    tested = []
+    for k in range(3):
+        res = json.loads((tmp_path / "cv" / f"fold-{k}" / "results.json").read_text())
+        assert res["data"]["fold"] == f"{k}/3" and res["config"]["fold"] == f"{k}/3"
+        with open(tmp_path / "cv" / f"fold-{k}" / "predictions.csv", newline="") as f:
+            tested += [r for r in csv.DictReader(f) if r["split"] == "test"]
+    assert len(tested) == len({r["bag_id"] for r in tested}) == 120  # each bag once
+    from sklearn.metrics import roc_auc_score
+
+    pooled = cv["pooled"]["auc"]
+    assert pooled["n"] == 120 and pooled["ci95"][0] <= pooled["value"] <= pooled["ci95"][1]
+    assert pooled["value"] == pytest.approx(roc_auc_score(
+        [int(r["label"]) for r in tested], [float(r["p_best"]) for r in tested]))
     with pytest.raises(SystemExit):  # one of the two split flags
         sweep.main(["--store", "x.zarr", "--split-seeds", "0,1", "--split-seed", "2"])
+    with pytest.raises(SystemExit):
+        sweep.main(["--store", "x.zarr", "--folds", "5", "--split-seeds", "0,1"])
+    with pytest.raises(ValueError, match="expected k/n"):
+        SweepConfig(fold="5/5")
     with pytest.raises(SystemExit):
         parser.parse_args(["--split-seeds", "1,1"])
 

@@ -57,3 +57,30 @@ def test_given_split_wins_and_contradictions_are_refused():
     assert split[0] == split[1] == 2 and split[2] == 1
     with pytest.raises(ValueError, match="patient 'A' has bags in two given splits"):
         labels.make_splits(pats, raws, np.array([2, 0, -1, -1, -1]))
+
+
+def test_folds_test_every_patient_once_keep_patients_whole_and_stratify():
+    pats, raws = _cohort()
+    free = np.full(len(pats), -1)
+    folds = [labels.make_folds(pats, raws, free, fold=k, n_folds=5, seed=3) for k in range(5)]
+    tested = np.sum([f == labels.TEST for f in folds], axis=0)
+    assert (tested == 1).all()  # every bag is in exactly one test fold
+    for f in folds:
+        for p in np.unique(pats):
+            assert len(set(f[pats == p].tolist())) == 1, p
+        # Per raw label, 70/10/20 of the patients within rounding (as the default split).
+        for r in np.unique(raws):
+            ps = np.unique(pats[raws == r])
+            first = [f[np.flatnonzero(pats == p)[0]] for p in ps]
+            frac = np.bincount(first, minlength=3) / len(ps)
+            np.testing.assert_allclose(frac, [0.7, 0.1, 0.2], atol=1.5 / len(ps) + 0.02)
+    again = labels.make_folds(pats, raws, free, fold=2, n_folds=5, seed=3)
+    other = labels.make_folds(pats, raws, free, fold=2, n_folds=5, seed=4)
+    assert np.array_equal(folds[2], again) and not np.array_equal(folds[2], other)
+    with pytest.raises(ValueError, match="manifest gives splits"):
+        labels.make_folds(pats, raws, np.where(np.arange(len(pats)) == 0, 2, -1), fold=0,
+                          n_folds=5)
+    for bad in ("5/5", "-1/5", "0/2", "a/b", "3"):
+        with pytest.raises(ValueError, match="expected k/n"):
+            labels.parse_fold(bad)
+    assert labels.parse_fold("4/10") == (4, 10)
