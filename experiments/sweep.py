@@ -13,6 +13,11 @@ An existing store, a grid of learning rates, an ablation:
 
     python experiments/sweep.py --store X.zarr --lr 1e-3,2e-3,5e-3 --local-pool max
 
+Five patient-grouped splits, or 5-fold cross-validation (a run folder each, then a summary):
+
+    python experiments/sweep.py --split-seeds 0,1,2,3,4
+    python experiments/sweep.py --folds 5
+
 Writes DIR/results.json, DIR/results.md, DIR/predictions.csv and DIR/best/ (the best head).
 """
 
