@@ -3,7 +3,8 @@
     python experiments/evaluate.py --run runs/phantom-efficientnet-lite0-... --store other.zarr
 
 Every bag of the store is a test bag; thresholds stay those fixed on the run's validation split.
-Writes RUN/external/<store name>.json and prints the metrics with 95% patient-bootstrap CIs.
+Writes RUN/external/<store name>.json (the metrics, printed with 95% patient-bootstrap CIs) and
+RUN/external/<store name>.predictions.csv (every bag's probability, e.g. for a reader study).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = command_line("experiments/evaluate.py", argv)
-    res = evaluate_external(args.run, args.store, mapping=args.mapping, n_boot=args.bootstrap,
-                            allow_partial=args.allow_partial, command=command)
     out = Path(args.run) / "external" / f"{Path(str(args.store).rstrip('/')).stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    res = evaluate_external(args.run, args.store, mapping=args.mapping, n_boot=args.bootstrap,
+                            allow_partial=args.allow_partial, command=command,
+                            predictions_path=out.with_suffix(".predictions.csv"))
     write_json(out, res)
     print(f"external test on {args.store}: {res['data']['bags']} bags, "
           f"{res['data']['positives']} positive")
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
     if res["test_exam"]:
         n = int(res["test_exam"]["n"]["value"])
         print(f"  {'auc, exam level':<24} {_fmt_ci(res['test_exam']['auc'])}  ({n} exams)")
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.predictions.csv').name} (every bag's p)")
     return 0
 
 

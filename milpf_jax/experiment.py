@@ -163,16 +163,20 @@ def _exam_counts(packed) -> dict | None:
 
 def write_predictions(path: Path, packed, probs: np.ndarray, best: int) -> None:
     """One row per bag: ids, split, raw and mapped label, p of the best run and of every run."""
+    _write_csv(path, ["bag_id", "patient_id", "split", "raw_label", "label", "p_best"]
+               + [f"p_run{r:03d}" for r in range(len(probs))],
+               ([packed.bag_ids[b], packed.patient_ids[b], labels.SPLIT_NAMES[packed.splits[b]],
+                 packed.raw_labels[b], int(packed.labels[b]), f"{probs[best, b]:.6f}"]
+                + [f"{x:.6f}" for x in probs[:, b]] for b in range(packed.n_bags)))
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    """A CSV written under another name, then moved into place (never half-written)."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["bag_id", "patient_id", "split", "raw_label", "label", "p_best"]
-                   + [f"p_run{r:03d}" for r in range(len(probs))])
-        for b in range(packed.n_bags):
-            w.writerow([packed.bag_ids[b], packed.patient_ids[b],
-                        labels.SPLIT_NAMES[packed.splits[b]], packed.raw_labels[b],
-                        int(packed.labels[b]), f"{probs[best, b]:.6f}"]
-                       + [f"{x:.6f}" for x in probs[:, b]])
+        w.writerow(header)
+        w.writerows(rows)
     os.replace(tmp, path)
 
 
@@ -480,11 +484,12 @@ def read_validation_predictions(run_dir) -> tuple[np.ndarray, ...]:
 
 
 def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partial=False,
-                      command=""):
+                      command="", predictions_path=None):
     """Apply a run's best head to every bag of another store (an external test cohort).
 
     Thresholds stay those fixed on the run's own validation split. Returns a results dict
-    (best: test metrics with 95% CIs) and writes nothing.
+    (best: test metrics with 95% CIs); writes only `predictions_path`, if given: a CSV of
+    every bag's ids, label and probability (`bag_id, patient_id, raw_label, label, p`).
     """
     import jax
 
@@ -511,6 +516,10 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
     probs = predict_runs(params, bag_batch(packed), head.config)[0]
     val_ids, val_patients, y_val, p_val = read_validation_predictions(run_dir)
     y = packed.labels.astype(int)
+    if predictions_path is not None:
+        _write_csv(Path(predictions_path), ["bag_id", "patient_id", "raw_label", "label", "p"],
+                   ([packed.bag_ids[b], packed.patient_ids[b], packed.raw_labels[b], y[b],
+                     f"{probs[b]:.6f}"] for b in range(packed.n_bags)))
     test_exam = exam_metrics((packed.bag_ids, y, probs, packed.patient_ids),
                              (val_ids, y_val, p_val, val_patients), n_boot=n_boot)
     return dict(

@@ -81,10 +81,25 @@ def test_external_cohort_uses_the_saved_head(finished_run, tmp_path):
     # Same task (lesion direction), other bags: the head transfers.
     write_synthetic_store(tmp_path / "ext.zarr", SyntheticConfig(n_bags=80, dim=16,
                                                                  max_tiles=24, seed=9))
-    ext = evaluate_external(root / "run", tmp_path / "ext.zarr", n_boot=100)
+    ext = evaluate_external(root / "run", tmp_path / "ext.zarr", n_boot=100,
+                            predictions_path=tmp_path / "ext.csv")
     assert ext["data"]["bags"] == 80
     assert ext["test"]["auc"]["value"] > 0.7
+    with open(tmp_path / "ext.csv", newline="") as f:  # every bag's probability, for a reader
+        rows = list(csv.DictReader(f))
+    from sklearn.metrics import roc_auc_score
+
+    assert len(rows) == 80 and list(rows[0]) == ["bag_id", "patient_id", "raw_label", "label", "p"]
+    assert roc_auc_score([int(r["label"]) for r in rows], [float(r["p"]) for r in rows]) == \
+        pytest.approx(ext["test"]["auc"]["value"], abs=1e-4)
     assert ext["test_exam"] is None  # synthetic bag ids name no exam
+    # The CLI writes both beside the run: RUN/external/<store>.json and .predictions.csv.
+    assert load_script("evaluate").main(["--run", str(root / "run"), "--store",
+                                         str(tmp_path / "ext.zarr"), "--bootstrap", "100"]) == 0
+    written = json.loads((root / "run" / "external" / "ext.json").read_text())
+    assert written["test"]["auc"] == ext["test"]["auc"]
+    assert (root / "run" / "external" / "ext.predictions.csv").read_text() == \
+        (tmp_path / "ext.csv").read_text()
     write_synthetic_store(tmp_path / "d8.zarr", SyntheticConfig(n_bags=20, dim=8))
     with pytest.raises(ValueError, match="D=8 embeddings but the head .* D=16"):
         evaluate_external(root / "run", tmp_path / "d8.zarr")
