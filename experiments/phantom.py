@@ -16,7 +16,8 @@ import argparse
 import dataclasses
 from collections import Counter
 
-from milpf_jax.phantom import PhantomConfig, make_phantom_cohort, read_lesions
+from milpf_jax.phantom import PhantomConfig
+from milpf_jax.phantom_files import make_phantom_cohort, read_lesions
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -492,7 +492,8 @@ def _phantom_manifest(cache_dir, overrides: str = "", progress: bool = True) -> 
     import hashlib
     import json
 
-    from milpf_jax.phantom import PHANTOM_VERSION, make_phantom_cohort
+    from milpf_jax.phantom import PHANTOM_VERSION
+    from milpf_jax.phantom_files import make_phantom_cohort
 
     cfg = _phantom_config(overrides)
     text = json.dumps([PHANTOM_VERSION, dataclasses.asdict(cfg)], sort_keys=True)

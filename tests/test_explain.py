@@ -261,7 +261,7 @@ def _cohort(root: Path):
 
 def _views(root: Path) -> list[dict]:
     """Every explained view: bag row, laterality, path, overlay file, its truths."""
-    from milpf_jax.phantom import read_lesions
+    from milpf_jax.phantom_files import read_lesions
 
     cohort = _cohort(root)
     bags = {b.bag_id: b for b in cohort.bags}
@@ -431,7 +431,7 @@ def test_attention_peaks_on_the_lesions_with_efficientnet(tmp_path, monkeypatch)
     for half of them within half a tile. A random point of the tiled breast is within half a
     tile of a lesion about 27% of the time (within a tile: 61%; measured on the main job's
     validation maps), so the second bound is the one chance does not pass."""
-    from milpf_jax.phantom import read_lesions
+    from milpf_jax.phantom_files import read_lesions
 
     spec = "phantom:n_patients=100"
     monkeypatch.setenv("MILPF_CACHE", str(tmp_path / "cache"))

@@ -576,16 +576,16 @@ def test_ensure_store_finds_or_builds_the_cached_store(tmp_path, manifest, stand
 
 
 def test_phantom_cohort_is_made_once_in_the_cache_and_extracted(tmp_path, monkeypatch):
-    from milpf_jax import phantom
+    from milpf_jax import phantom_files
 
     install_standin(monkeypatch.setitem, monkeypatch.setattr, input_size=224)
     # The spec asks for the default PhantomConfig; one patient (two bags) keeps the test short.
-    real = phantom.make_phantom_cohort
+    real = phantom_files.make_phantom_cohort
 
     def one_patient(out_dir, cfg, **kwargs):
         return real(out_dir, dataclasses.replace(cfg, n_patients=1), workers=1, progress=False)
 
-    monkeypatch.setattr(phantom, "make_phantom_cohort", one_patient)
+    monkeypatch.setattr(phantom_files, "make_phantom_cohort", one_patient)
     cohort = resolve_cohort("phantom", cache_dir=tmp_path)
     assert cohort.name == "phantom" and len(cohort.bags) == 2
     [folder] = (tmp_path / "cohorts").iterdir()

@@ -58,7 +58,7 @@ def run_cfg(**changes):
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> str:
-    from milpf_jax.phantom import make_phantom_cohort
+    from milpf_jax.phantom_files import make_phantom_cohort
 
     out = tmp_path_factory.mktemp("phantom")
     return str(make_phantom_cohort(out, PHANTOM, workers=1, progress=False))

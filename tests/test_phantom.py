@@ -12,15 +12,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from milpf_jax.phantom import (
+from milpf_jax.phantom import PhantomConfig, plan_cohort, render_view
+from milpf_jax.phantom_files import (
     LESION_COLUMNS,
     MANIFEST_COLUMNS,
     SOP_CLASS_MG_PRESENTATION,
-    PhantomConfig,
     make_phantom_cohort,
-    plan_cohort,
     read_lesions,
-    render_view,
 )
 
 from conftest import load_script

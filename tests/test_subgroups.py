@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 from conftest import load_script
 from sklearn.metrics import roc_auc_score
