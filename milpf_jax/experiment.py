@@ -396,10 +396,10 @@ def summarize_splits(results_by_seed: dict, *, key: str = "split_seed",
     per_split = []
     for seed, res in sorted(results_by_seed.items()):
         b = res["best"]
-        row = {key: int(seed)} | dict(run=b["run"], seed=b["seed"], lr=b["lr"],
-                   weight_decay=b["weight_decay"], val_auc=b["val"]["auc"],
-                   test={k: b["test"][k]["value"] for k in TABLE_METRICS},
-                   test_bags=res["data"]["bags"]["test"])
+        row = {key: int(seed), "run": b["run"], "seed": b["seed"], "lr": b["lr"],
+               "weight_decay": b["weight_decay"], "val_auc": b["val"]["auc"],
+               "test": {k: b["test"][k]["value"] for k in TABLE_METRICS},
+               "test_bags": res["data"]["bags"]["test"]}
         if b.get("test_exam"):
             row["test_exam_auc"] = b["test_exam"]["auc"]["value"]
         per_split.append(row)
@@ -456,6 +456,7 @@ def pooled_out_of_fold(run_dirs, *, n_boot: int = 1000, seed: int = 0) -> dict:
     auc = {"auc": metrics.BOOTSTRAP_METRICS["auc"]}
 
     def entry(y, p, patients) -> dict:
+        # AUC needs no threshold, so no validation split: the y_val/p_val given are unused.
         ci = metrics.bootstrap_ci(y, p, patients, auc, y_val=y, p_val=p, n_boot=n_boot,
                                   seed=seed)["auc"] if n_boot else None
         return dict(value=metrics.roc_auc(y, p), ci95=list(ci) if ci else None, n=int(y.size))

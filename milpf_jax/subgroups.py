@@ -43,7 +43,7 @@ def subgroup_aucs(run_dir, values: dict[str, str], *, column: str = "", n_boot: 
     against_negatives = bool((y == 0).any() and (value[y == 0] == NONE).all())
     groups = []
     for v in sorted(set(value[y == 1]) if against_negatives else set(value)):
-        member = (value == v) & (y == 1) | (y == 0) if against_negatives else value == v
+        member = (((value == v) & (y == 1)) | (y == 0)) if against_negatives else value == v
         yy, pp = y[member], p[member]
         entry = dict(value=v, bags=int(member.sum()), positives=int(yy.sum()),
                      negatives=int((yy == 0).sum()), auc=None, ci95=None)
