@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     lines, run_dirs = [], []
     for name, (gp, lp) in VARIANTS.items():
-        cfg = config_from_args(SweepConfig, args, global_pool=gp, local_pool=lp)
+        cfg = config_from_args(SweepConfig, args, parser, global_pool=gp, local_pool=lp)
         run_dir = out / name.split(" (")[0].replace(" ", "-")
         run_dirs.append(run_dir)
         res = run_sweep(store, cfg, run_dir, command=command, progress=not args.quiet)

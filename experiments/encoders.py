@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     if args.store or args.encoder or args.model_dir or args.split_seeds:
         parser.error("--encoders replaces --store, --encoder and --model-dir; "
                      "--split-seeds is not supported here")
-    cfg = config_from_args(SweepConfig, args)
+    cfg = config_from_args(SweepConfig, args, parser)
     command = command_line("experiments/encoders.py", argv)
     t0 = time.perf_counter()
     cohort = args.cohort or sweep.DEFAULT_COHORT

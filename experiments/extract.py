@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    cfg = config_from_args(ExtractConfig, args)
+    cfg = config_from_args(ExtractConfig, args, parser)
     cohort = resolve_cohort(args.cohort, progress=not args.quiet)
     out = args.out or str(cache_root() / "stores" / store_name(cohort, cfg))
     shard = args.shard or shard_from_env()

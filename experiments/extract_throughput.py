@@ -47,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    cfg = config_from_args(ExtractConfig, args)
+    cfg = config_from_args(ExtractConfig, args, parser)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure_throughput(

@@ -98,7 +98,7 @@ def resolve_store(args, parser) -> tuple[str, str, str]:
         return args.store, str(attrs.get("cohort", "store")), str(attrs.get("encoder", "unknown"))
     from milpf_jax.extract import ExtractConfig, ensure_store
 
-    xcfg = config_from_args(ExtractConfig, args, **(
+    xcfg = config_from_args(ExtractConfig, args, parser, **(
         {} if args.encoder else {"encoder": DEFAULT_ENCODER}))
     spec = args.cohort or DEFAULT_COHORT
     path = ensure_store(spec, xcfg, cache_dir(), progress=not args.quiet)
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         parser.error("give --split-seed or --split-seeds, not both")
     if args.folds is not None and (args.split_seeds or args.fold or args.folds < 3):
         parser.error("--folds N needs N >= 3 and goes without --split-seeds and --fold")
-    cfg = config_from_args(SweepConfig, args)
+    cfg = config_from_args(SweepConfig, args, parser)
     command = command_line("experiments/sweep.py", argv)
     t0 = time.perf_counter()
     store, cohort, encoder = resolve_store(args, parser)

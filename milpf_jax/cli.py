@@ -64,9 +64,18 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip=(), choices=N
                             choices=choices.get(f.name), help=f"{text} (default: {shown})")
 
 
-def config_from_args(cls, args: argparse.Namespace, **overrides):
-    """The dataclass with every flag that was given; fields not given keep their defaults."""
+def config_from_args(cls, args: argparse.Namespace, parser=None, **overrides):
+    """The dataclass with every flag that was given; fields not given keep their defaults.
+
+    A value the dataclass refuses (its ValueError names the field) ends as `parser.error`:
+    usage and the reason on stderr, exit status 2, no traceback.
+    """
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
               if getattr(args, f.name, None) is not None}
     values.update(overrides)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as err:
+        if parser is None:
+            raise
+        parser.error(str(err))

@@ -208,3 +208,13 @@ def test_exam_level_metrics_of_the_best_run(finished_run):
     counts = _exam_counts(packed)
     assert counts["test"]["exams"] == len(keys)
     assert counts["test"]["positives"] == sum(y_exam.values())
+
+
+def test_a_value_a_config_refuses_is_a_usage_error_naming_it(capsys):
+    sweep = load_script("sweep")
+    for argv, reason in ((["--store", "x.zarr", "--fold", "7/5"], "fold '7/5': expected k/n"),
+                         (["--cohort", "phantom", "--batch-size", "0"],
+                          "ExtractConfig.batch_size=0; expected >= 1")):
+        with pytest.raises(SystemExit) as exit_:
+            sweep.main(argv)
+        assert exit_.value.code == 2 and reason in capsys.readouterr().err
