@@ -36,8 +36,8 @@ class RunPredictions:
     rows: dict[str, dict]  # bag_id -> predictions.csv row
 
     @classmethod
-    def read(cls, run_dir) -> RunPredictions:
-        return cls(Path(run_dir).name, read_predictions(run_dir))
+    def read(cls, run_dir, name: str | None = None) -> RunPredictions:
+        return cls(name or Path(run_dir).name, read_predictions(run_dir))
 
     def split(self, name: str, bags=None) -> tuple[np.ndarray, ...]:
         """(bag_ids, labels, p_best, patient_ids) of a split's bags, in the order of `bags`."""
@@ -92,6 +92,16 @@ def _paired(ref: RunPredictions, other: RunPredictions, *, n_boot: int, seed: in
     return out
 
 
+def _short_names(run_dirs: list[Path]) -> list[str]:
+    """Each folder's name, with as many parent folders as it takes to tell them apart
+    (`fold-0` of two cross-validations: `cv-a/fold-0`, `cv-b/fold-0`)."""
+    for depth in range(1, max(len(d.resolve().parts) for d in run_dirs) + 1):
+        names = ["/".join(d.resolve().parts[-depth:]) for d in run_dirs]
+        if len(set(names)) == len(names):
+            return names
+    raise ValueError(f"compare_runs: a run folder is given twice: {[str(d) for d in run_dirs]}")
+
+
 def compare_runs(run_dirs, *, n_boot: int = 1000, seed: int = 0, command: str = "") -> dict:
     """Each run against the first (the reference), paired on their common test bags.
 
@@ -107,12 +117,10 @@ def compare_runs(run_dirs, *, n_boot: int = 1000, seed: int = 0, command: str = 
     if len(run_dirs) < 2:
         raise ValueError("compare_runs: give at least two run folders (the first is the "
                          "reference)")
-    names = [d.name for d in run_dirs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"compare_runs: run folders need distinct names, got {names}")
+    names = _short_names(run_dirs)
     if n_boot < 1:
         raise ValueError(f"compare_runs: n_boot must be >= 1, got {n_boot}")
-    runs = [RunPredictions.read(d) for d in run_dirs]
+    runs = [RunPredictions.read(d, name) for d, name in zip(run_dirs, names, strict=True)]
     comparisons = [_paired(runs[0], r, n_boot=n_boot, seed=seed) for r in runs[1:]]
     for level in ("metrics", "exam"):
         tables = [c[level] if level == "metrics" else (c["exam"] or {}).get("metrics")

@@ -102,7 +102,7 @@ def test_holm_over_several_runs_and_errors_name_the_problem(tmp_path):
     raw = [c["metrics"]["auc"]["p_value"] for c in res["comparisons"]]
     holm = [c["metrics"]["auc"]["p_holm"] for c in res["comparisons"]]
     np.testing.assert_allclose(holm, metrics.holm(raw))
-    assert all(h >= r for h, r in zip(holm, raw))
+    assert all(h >= r for h, r in zip(holm, raw, strict=True))
 
     moved = list(rows)
     moved[0] = (*rows[0][:2], "test", rows[0][3])  # a train bag in another run's test split
@@ -111,6 +111,12 @@ def test_holm_over_several_runs_and_errors_name_the_problem(tmp_path):
         compare_runs([runs[0], other], n_boot=10)
     with pytest.raises(ValueError, match="at least two"):
         compare_runs(runs[:1])
+    # Folds of two cross-validations share their folder names: the parents tell them apart.
+    twins = [write_run(tmp_path / cv / "fold-0", rows, 1.0, i) for i, cv in enumerate("ab")]
+    res = compare_runs(twins, n_boot=10)
+    assert (res["reference"], res["comparisons"][0]["run"]) == ("a/fold-0", "b/fold-0")
+    with pytest.raises(ValueError, match="given twice"):
+        compare_runs([runs[0], runs[0]], n_boot=10)
     with pytest.raises(FileNotFoundError, match="no predictions.csv"):
         compare_runs([runs[0], tmp_path / "missing"])
 
