@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from milpf_jax import metrics
-from milpf_jax.experiment import TABLE_METRICS, read_predictions, write_json
+from milpf_jax.experiment import (
+    TABLE_METRICS,
+    exams_of,
+    prediction_arrays,
+    read_predictions,
+    write_json,
+)
 
 COMPARISON_FORMAT_VERSION = 1
 EXAM_METRICS = ("auc", "bacc", "spec_at_sens90_valthr")
@@ -42,10 +48,7 @@ class RunPredictions:
     def split(self, name: str, bags=None) -> tuple[np.ndarray, ...]:
         """(bag_ids, labels, p_best, patient_ids) of a split's bags, in the order of `bags`."""
         bags = [b for b, r in self.rows.items() if r["split"] == name] if bags is None else bags
-        rows = [self.rows[b] for b in bags]
-        return (np.asarray(bags, dtype=object), np.array([int(r["label"]) for r in rows]),
-                np.array([float(r["p_best"]) for r in rows]),
-                np.array([r["patient_id"] for r in rows], dtype=object))
+        return prediction_arrays([self.rows[b] for b in bags])
 
 
 def _check_same_bags(ref: RunPredictions, other: RunPredictions) -> None:
@@ -81,14 +84,12 @@ def _paired(ref: RunPredictions, other: RunPredictions, *, n_boot: int, seed: in
                positives=int(y.sum()), patients=len(set(patients)),
                only_in_reference=len(set(test_ref) - set(common)),
                only_in_run=len(set(test_other) - set(common)), metrics=bag_level, exam=None)
-    exams = [metrics.exam_level(ids, y, p, patients) for p in (p_other, p_ref)]
-    exams_val = [metrics.exam_level(*v) for v in (val_other, val_ref)]
-    if None not in exams + exams_val and len(np.unique(exams[0][1])) == 2 \
-            and all(len(np.unique(v[1])) == 2 for v in exams_val):
-        (_, ye, pe_other, pat_e), (_, _, pe_ref, _) = exams
+    exams = exams_of((ids, y, p_other, patients), (ids, y, p_ref, patients), val_other, val_ref)
+    if exams is not None:
+        (_, ye, pe_other, pat_e), (_, _, pe_ref, _), exam_val_other, exam_val_ref = exams
         out["exam"] = dict(test_exams=len(ye), metrics=metrics.paired_bootstrap(
             ye, pe_other, pe_ref, pat_e, {k: metrics.BOOTSTRAP_METRICS[k] for k in EXAM_METRICS},
-            val_a=exams_val[0][1:3], val_b=exams_val[1][1:3], n_boot=n_boot, seed=seed))
+            val_a=exam_val_other[1:3], val_b=exam_val_ref[1:3], n_boot=n_boot, seed=seed))
     return out
 
 

@@ -127,16 +127,23 @@ def best_with_ci(y, p, patient_ids, y_val, p_val, *, n_boot, seed=0):
     return {k: dict(value=v, ci95=list(ci[k]) if k in ci else None) for k, v in point.items()}
 
 
+def exams_of(*splits: tuple) -> list[tuple] | None:
+    """Each split's bags at exam level (metrics.exam_level), or None when the bag ids carry no
+    exam or some split's exams lack a class. splits: (bag_ids, labels, p, patient_ids) each."""
+    exams = [metrics.exam_level(*s) for s in splits]
+    if any(e is None or len(np.unique(e[1])) < 2 for e in exams):
+        return None
+    return exams
+
+
 def exam_metrics(test: tuple, val: tuple, *, n_boot: int, seed: int = 0) -> dict | None:
     """Test metrics at exam level (metrics.exam_level) with 95% CIs, thresholds fixed on the
     validation exams. test, val: (bag_ids, labels, probabilities, patient_ids) of the bags.
     None when the bag ids carry no exam or either split's exams lack a class."""
-    exam_test, exam_val = metrics.exam_level(*test), metrics.exam_level(*val)
-    if exam_test is None or exam_val is None:
+    exams = exams_of(test, val)
+    if exams is None:
         return None
-    (_, ye, pe, patients), (_, yv, pv, _) = exam_test, exam_val
-    if len(np.unique(ye)) < 2 or len(np.unique(yv)) < 2:
-        return None
+    (_, ye, pe, patients), (_, yv, pv, _) = exams
     return best_with_ci(ye, pe, patients, yv, pv, n_boot=n_boot, seed=seed)
 
 
@@ -446,11 +453,8 @@ def pooled_out_of_fold(run_dirs, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """AUC over every bag of a cross-validation, each scored once by its own fold's selected
     head (the test split of that fold's predictions.csv), with a patient-bootstrap 95% CI; and
     the same at exam level where bag ids name exams."""
-    rows = [r for d in run_dirs for r in read_predictions(d).values() if r["split"] == "test"]
-    ids = np.array([r["bag_id"] for r in rows], dtype=object)
-    y = np.array([int(r["label"]) for r in rows])
-    p = np.array([float(r["p_best"]) for r in rows])
-    patients = np.array([r["patient_id"] for r in rows], dtype=object)
+    ids, y, p, patients = prediction_arrays(
+        [r for d in run_dirs for r in read_predictions(d).values() if r["split"] == "test"])
     if len(set(ids)) != len(ids):
         raise ValueError("pooled_out_of_fold: a bag is in the test split of two folds")
     auc = {"auc": metrics.BOOTSTRAP_METRICS["auc"]}
@@ -462,9 +466,9 @@ def pooled_out_of_fold(run_dirs, *, n_boot: int = 1000, seed: int = 0) -> dict:
         return dict(value=metrics.roc_auc(y, p), ci95=list(ci) if ci else None, n=int(y.size))
 
     out = {"auc": entry(y, p, patients)}
-    exams = metrics.exam_level(ids, y, p, patients)
-    if exams is not None and len(np.unique(exams[1])) == 2:
-        out["exam_auc"] = entry(*exams[1:])
+    exams = exams_of((ids, y, p, patients))
+    if exams is not None:
+        out["exam_auc"] = entry(*exams[0][1:])
     return out
 
 
@@ -477,11 +481,19 @@ def read_predictions(run_dir) -> dict[str, dict]:
         return {row["bag_id"]: row for row in csv.DictReader(f)}
 
 
-def read_validation_predictions(run_dir) -> tuple[np.ndarray, ...]:
-    """(bag_ids, patient_ids, labels, p_best) of the validation bags of a finished run."""
-    rows = [r for r in read_predictions(run_dir).values() if r["split"] == "val"]
-    return (np.array([r["bag_id"] for r in rows]), np.array([r["patient_id"] for r in rows]),
-            np.array([int(r["label"]) for r in rows]), np.array([float(r["p_best"]) for r in rows]))
+def prediction_arrays(rows) -> tuple[np.ndarray, ...]:
+    """(bag_ids, labels, p_best, patient_ids) of predictions.csv rows, in their order (the
+    argument order of metrics.exam_level)."""
+    return (np.array([r["bag_id"] for r in rows], dtype=object),
+            np.array([int(r["label"]) for r in rows], dtype=np.int64),
+            np.array([float(r["p_best"]) for r in rows], dtype=np.float64),
+            np.array([r["patient_id"] for r in rows], dtype=object))
+
+
+def read_split_predictions(run_dir, split: str) -> tuple[np.ndarray, ...]:
+    """`prediction_arrays` of one split ("train", "val", "test") of a finished run."""
+    return prediction_arrays([r for r in read_predictions(run_dir).values()
+                              if r["split"] == split])
 
 
 def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partial=False,
@@ -515,14 +527,15 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
                          f"store (trained, this): {mismatch}")
     params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)  # a run axis
     probs = predict_runs(params, bag_batch(packed), head.config)[0]
-    val_ids, val_patients, y_val, p_val = read_validation_predictions(run_dir)
+    val = read_split_predictions(run_dir, "val")
+    y_val, p_val = val[1], val[2]
     y = packed.labels.astype(int)
     if predictions_path is not None:
         _write_csv(Path(predictions_path), ["bag_id", "patient_id", "raw_label", "label", "p"],
                    ([packed.bag_ids[b], packed.patient_ids[b], packed.raw_labels[b], y[b],
                      f"{probs[b]:.6f}"] for b in range(packed.n_bags)))
-    test_exam = exam_metrics((packed.bag_ids, y, probs, packed.patient_ids),
-                             (val_ids, y_val, p_val, val_patients), n_boot=n_boot)
+    test_exam = exam_metrics((packed.bag_ids, y, probs, packed.patient_ids), val,
+                             n_boot=n_boot)
     return dict(
         format_version=RESULTS_FORMAT_VERSION, command=command, run=str(run_dir),
         store=str(packed.info["store"]), store_attrs=attrs, mapping=packed.info["mapping"],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from milpf_jax import metrics
-from milpf_jax.experiment import read_predictions, read_validation_predictions
+from milpf_jax.experiment import prediction_arrays, read_predictions, read_split_predictions
 
 NONE = ""  # the column is empty for the bag's images (cohort.bag_values)
 
@@ -35,11 +35,9 @@ def subgroup_aucs(run_dir, values: dict[str, str], *, column: str = "", n_boot: 
     if not known:
         raise ValueError(f"{run_dir}: none of its {len(rows)} test bags is in the manifest "
                          "given (another cohort, or other bag ids?)")
-    y = np.array([int(r["label"]) for r in known])
-    p = np.array([float(r["p_best"]) for r in known])
-    patients = np.array([r["patient_id"] for r in known], dtype=object)
-    value = np.array([values[r["bag_id"]] for r in known], dtype=object)
-    _, _, y_val, p_val = read_validation_predictions(run_dir)
+    ids, y, p, patients = prediction_arrays(known)
+    value = np.array([values[b] for b in ids], dtype=object)
+    _, y_val, p_val, _ = read_split_predictions(run_dir, "val")
     against_negatives = bool((y == 0).any() and (value[y == 0] == NONE).all())
     groups = []
     for v in sorted(set(value[y == 1]) if against_negatives else set(value)):
