@@ -214,7 +214,7 @@ def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles, mo
     # bf16: both round the tiles and the first layer's weights alike, but autodiff rounds the
     # first layer's weight gradient to bf16 (ours stays f32): compare within 1% of its scale.
     rtol, atol_share = (2e-4, 1e-6) if dtype == "float32" else (2e-2, 1e-2)
-    np.testing.assert_allclose(v_ours, v_ref, rtol=1e-6)
+    np.testing.assert_allclose(v_ours, v_ref, rtol=1e-5)  # float32 sums: a few ulp
     flat_ours = jax.tree_util.tree_leaves_with_path(g_ours)
     flat_ref = jax.tree_util.tree_leaves_with_path(g_ref)
     assert [p for p, _ in flat_ours] == [p for p, _ in flat_ref] and len(flat_ref) == 9
