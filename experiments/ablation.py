@@ -35,10 +35,10 @@ def main(argv=None) -> int:
     import sweep
 
     from milpf_jax.cli import command_line, config_from_args
-    from milpf_jax.cohort import bag_values, manifest_of
-    from milpf_jax.compare import compare_runs, format_comparison, write_comparison
-    from milpf_jax.experiment import SweepConfig, run_sweep
-    from milpf_jax.subgroups import subgroup_aucs
+    from milpf_jax.reading.cohort import bag_values, manifest_of
+    from milpf_jax.evaluation.compare import compare_runs, format_comparison, write_comparison
+    from milpf_jax.sweep import SweepConfig, run_sweep
+    from milpf_jax.evaluation.subgroups import subgroup_aucs
 
     parser = sweep.build_parser()
     args = parser.parse_args(argv)

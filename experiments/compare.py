@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from milpf_jax.cli import command_line
-from milpf_jax.compare import compare_runs, format_comparison, write_comparison
+from milpf_jax.evaluation.compare import compare_runs, format_comparison, write_comparison
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 def encoder_list(text: str) -> tuple[tuple[str, str | None], ...]:
     """'a,b=DIR' -> (('a', None), ('b', 'DIR')): registry names, each with an optional folder."""
-    from milpf_jax.encoders import ENCODERS
+    from milpf_jax.extraction.encoders import ENCODERS
 
     out = []
     for item in (x.strip() for x in text.split(",")):
@@ -49,9 +49,9 @@ def main(argv=None) -> int:
     import sweep
 
     from milpf_jax.cli import command_line, config_from_args
-    from milpf_jax.compare import compare_runs, format_comparison, write_comparison
-    from milpf_jax.encoders import EncoderUnavailable
-    from milpf_jax.experiment import SweepConfig, format_table, run_sweep
+    from milpf_jax.evaluation.compare import compare_runs, format_comparison, write_comparison
+    from milpf_jax.extraction.encoders import EncoderUnavailable
+    from milpf_jax.sweep import SweepConfig, format_table, run_sweep
 
     parser = sweep.build_parser()
     parser.description = __doc__.split("\n\n")[0]

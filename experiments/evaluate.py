@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from milpf_jax.cli import command_line
-from milpf_jax.experiment import TABLE_METRICS, _fmt_ci, evaluate_external, write_json
+from milpf_jax.sweep import TABLE_METRICS, _fmt_ci, evaluate_external, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ view_ref; kind):
         --lesions boxes.csv --out DIR
 
 Writes DIR/overlays/<bag>_<view>.png, DIR/boxes.csv, DIR/bags.csv and DIR/detection.json, and
-prints AP overall, per lesion kind and per size bucket (see milpf_jax.explain for the
+prints AP overall, per lesion kind and per size bucket (see milpf_jax.explanation.explain for the
 definitions).
 """
 
@@ -28,8 +28,8 @@ import sys
 import time
 
 from milpf_jax.cli import command_line
-from milpf_jax.detection import IOU_THRESHOLD
-from milpf_jax.explain import BOX_THRESHOLD, DEFAULT_OVERLAP, explain_run, format_report
+from milpf_jax.evaluation.detection import IOU_THRESHOLD
+from milpf_jax.explanation.explain import BOX_THRESHOLD, DEFAULT_OVERLAP, explain_run, format_report
 
 
 def build_parser() -> argparse.ArgumentParser:

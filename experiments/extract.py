@@ -6,7 +6,7 @@
 gives 80 bags (the mini-MIAS dev subset: 80 views, 870 tiles at 224 px, 950 encoder inputs).
 On a 2-core AMD EPYC CPU with avx512_bf16 (so bf16 autocast), shared with other jobs (load 2-6):
 plan 9 s, encode 60-105 s, i.e. 9-17 tiles/s, at 0.9-1.0 of the encoder's own forward rate on
-the same inputs (experiments/extract_throughput.py). A second run finds every bag done and
+the same inputs (benchmarks/extract_throughput.py). A second run finds every bag done and
 encodes nothing (under 1 s). A killed run, rerun with the same command, resumes and yields the same
 arrays as an uninterrupted one. Several workers share one store with --shard i/n (or torchrun's
 RANK/WORLD_SIZE); shard 0 plans it. Without --out the store goes to the cache
@@ -20,11 +20,11 @@ import argparse
 import logging
 import sys
 
-from milpf_jax.breast import PRESETS
+from milpf_jax.reading.tiling import PRESETS
 from milpf_jax.cli import add_config_flags, config_from_args
-from milpf_jax.cohort import resolve_cohort
-from milpf_jax.encoders import ENCODERS, PRECISIONS, EncoderUnavailable
-from milpf_jax.extract import (
+from milpf_jax.reading.cohort import resolve_cohort
+from milpf_jax.extraction.encoders import ENCODERS, PRECISIONS, EncoderUnavailable
+from milpf_jax.extraction.extract import (
     FIELD_HELP,
     ExtractConfig,
     ExtractionFailed,
@@ -34,7 +34,7 @@ from milpf_jax.extract import (
     shard_from_env,
     store_name,
 )
-from milpf_jax.store import StoreMismatch
+from milpf_jax.data.store import StoreMismatch
 
 
 def _shard(text: str) -> tuple[int, int]:

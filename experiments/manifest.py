@@ -6,7 +6,7 @@
 The label sheet is keyed by `accession_number` or `study_instance_uid`, has `birads` (0-6,
 4A-4C) or `label` (0/1), and optionally `laterality` (breast-level labels) and `split`. The
 manifest gets one row per image (path, patient_id, exam_id, laterality, view, label, ...) and is
-read back and validated before this prints its counts. See `milpf_jax.cohort`.
+read back and validated before this prints its counts. See `milpf_jax.reading.cohort`.
 
     python experiments/manifest.py ... --pseudonymize private/cohort.key
 
@@ -25,7 +25,7 @@ import logging
 import os
 from collections import Counter
 
-from milpf_jax.cohort import manifest_from_dicoms, read_or_create_key
+from milpf_jax.reading.cohort import manifest_from_dicoms, read_or_create_key
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ Default: 260 patients x 1 exam x 2 breasts = 520 bags (1040 views, 1024 x 832 px
 all (~46 ms a view), so ~25 s on 2 idle cores; 43-91 s wall on a 2-core machine shared with
 other jobs. A second run with the same settings returns at once (phantom.json is the cache key).
 With `breast.plan_view` defaults (224-px tiles, no overlap) the cohort gives 14,394 tiles
-(12-20 a view). The phantom tests the pipeline, not clinical accuracy. See `milpf_jax.phantom`.
+(12-20 a view). The phantom tests the pipeline, not clinical accuracy. See `milpf_jax.synthetic.phantom`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import argparse
 import dataclasses
 from collections import Counter
 
-from milpf_jax.phantom import PhantomConfig
-from milpf_jax.phantom_files import make_phantom_cohort, read_lesions
+from milpf_jax.synthetic.phantom import PhantomConfig
+from milpf_jax.synthetic.phantom_files import make_phantom_cohort, read_lesions
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from milpf_jax.cohort import bag_values, manifest_of
-    from milpf_jax.experiment import write_json
-    from milpf_jax.explain import run_cohort_spec
-    from milpf_jax.subgroups import format_subgroups, subgroup_aucs
+    from milpf_jax.reading.cohort import bag_values, manifest_of
+    from milpf_jax.sweep import write_json
+    from milpf_jax.explanation.explain import run_cohort_spec
+    from milpf_jax.evaluation.subgroups import format_subgroups, subgroup_aucs
 
     args = build_parser().parse_args(argv)
     try:

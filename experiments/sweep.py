@@ -35,10 +35,10 @@ import time
 from pathlib import Path
 
 from milpf_jax.cli import add_config_flags, command_line, config_from_args
-from milpf_jax.experiment import SweepConfig, format_table, run_sweep
-from milpf_jax.head import GLOBAL_POOLS, LOCAL_POOLS
-from milpf_jax.labels import MAPPINGS
-from milpf_jax.train import MODES
+from milpf_jax.sweep import SweepConfig, format_table, run_sweep
+from milpf_jax.learning.head import GLOBAL_POOLS, LOCAL_POOLS
+from milpf_jax.data.labels import MAPPINGS
+from milpf_jax.learning.train import MODES
 
 DEFAULT_COHORT = "phantom"
 DEFAULT_ENCODER = "efficientnet-lite0"
@@ -56,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--cohort", help=f"manifest CSV, mias:DIR or phantom "
                                       f"(default: {DEFAULT_COHORT})")
     try:
-        from milpf_jax.extract import FIELD_HELP, ExtractConfig
+        from milpf_jax.extraction.extract import FIELD_HELP, ExtractConfig
     except ImportError:  # the imaging half is optional for --store runs
         ExtractConfig = None
     if ExtractConfig is not None:
-        from milpf_jax.breast import PRESETS
-        from milpf_jax.encoders import ENCODERS, PRECISIONS
+        from milpf_jax.reading.tiling import PRESETS
+        from milpf_jax.extraction.encoders import ENCODERS, PRECISIONS
 
         add_config_flags(src, ExtractConfig, help=FIELD_HELP, choices={
             "encoder": sorted(ENCODERS), "preset": PRESETS, "precision": PRECISIONS})
@@ -92,17 +92,17 @@ def resolve_store(args, parser) -> tuple[str, str, str]:
     if args.store and given_extract:
         parser.error("give either --store or --cohort/--encoder, not both")
     if args.store:
-        from milpf_jax.store import Store
+        from milpf_jax.data.store import Store
 
         attrs = Store.open(args.store).attrs
         return args.store, str(attrs.get("cohort", "store")), str(attrs.get("encoder", "unknown"))
-    from milpf_jax.extract import ExtractConfig, ensure_store
+    from milpf_jax.extraction.extract import ExtractConfig, ensure_store
 
     xcfg = config_from_args(ExtractConfig, args, parser, **(
         {} if args.encoder else {"encoder": DEFAULT_ENCODER}))
     spec = args.cohort or DEFAULT_COHORT
     path = ensure_store(spec, xcfg, cache_dir(), progress=not args.quiet)
-    from milpf_jax.store import Store
+    from milpf_jax.data.store import Store
 
     return str(path), str(Store.open(path).attrs.get("cohort", spec)), xcfg.encoder
 
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
 
 def _repeated_splits(store, cfg, out: Path, args, command: str, t0: float) -> int:
     """The sweep on several split seeds (--split-seeds) or on every fold (--folds)."""
-    from milpf_jax.experiment import (
+    from milpf_jax.sweep import (
         FOLDS_DEFINITION,
         format_splits,
         pooled_out_of_fold,

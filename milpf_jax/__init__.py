@@ -12,20 +12,20 @@ Public API (imported lazily, so `import milpf_jax` stays quick and never loads t
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "predict": "milpf_jax.inference",
-    "Bag": "milpf_jax.inference",
-    "Head": "milpf_jax.inference",
-    "HeadConfig": "milpf_jax.head",
-    "train": "milpf_jax.train",
-    "fit": "milpf_jax.train",
-    "TrainConfig": "milpf_jax.train",
-    "Hparams": "milpf_jax.train",
-    "load_head": "milpf_jax.checkpoint",
-    "save_head": "milpf_jax.checkpoint",
-    "from_torch_state_dict": "milpf_jax.convert",
-    "Store": "milpf_jax.store",
-    "load_packed": "milpf_jax.store",
-    "PackedBags": "milpf_jax.store",
+    "predict": "milpf_jax.learning.inference",
+    "Bag": "milpf_jax.learning.inference",
+    "Head": "milpf_jax.learning.inference",
+    "HeadConfig": "milpf_jax.learning.head",
+    "train": "milpf_jax.learning.train",
+    "fit": "milpf_jax.learning.train",
+    "TrainConfig": "milpf_jax.learning.train",
+    "Hparams": "milpf_jax.learning.train",
+    "load_head": "milpf_jax.learning.checkpoint",
+    "save_head": "milpf_jax.learning.checkpoint",
+    "from_torch_state_dict": "milpf_jax.learning.convert",
+    "Store": "milpf_jax.data.store",
+    "load_packed": "milpf_jax.data.store",
+    "PackedBags": "milpf_jax.data.store",
 }
 
 __all__ = sorted(_EXPORTS)

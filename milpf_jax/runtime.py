@@ -1,6 +1,6 @@
 """Process settings that must precede the process (or jax's import) for fast CPU training.
 
-Measured in experiments/benchmark.py ("process settings" table): on a 2-core CPU, XLA frees and
+Measured in benchmarks/benchmark.py ("process settings" table): on a 2-core CPU, XLA frees and
 re-allocates hundreds of MB per training step, and page faults ate a large share of the step;
 glibc's allocator keeps that memory with the settings below. glibc reads GLIBC_TUNABLES only at
 process start, so `configure_process()` re-executes the script once with it set. XLA aborts on an

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from milpf_jax.store import BagPlan
+from milpf_jax.data.store import BagPlan
 
 
 def make_plans(n_bags=10, n_tiles=(0, 5, 3), n_views=2, labels=("1", "4", "2")):

@@ -23,16 +23,16 @@ from test_extract import StandIn, breast, cfg, expected_bag, install_standin, st
 from test_extract import write_png as write_breast_png
 from test_imaging import _voi_lut_item, stored_breast, write_dicom
 
-from milpf_jax.breast import EmptyViewWarning
-from milpf_jax.cohort import manifest_from_dicoms, read_manifest
-from milpf_jax.experiment import SweepConfig, run_sweep
-from milpf_jax.extract import extract, tiling_config
-from milpf_jax.failures import read_failures
-from milpf_jax.head import HeadConfig, init_params
-from milpf_jax.imaging import ImageReadError, read_image
-from milpf_jax.inference import Bag, Head, predict
-from milpf_jax.labels import make_splits
-from milpf_jax.store import DONE, FAILED, PENDING, BagPlan, Store, StoreMismatch, load_packed
+from milpf_jax.reading.tiling import EmptyViewWarning
+from milpf_jax.reading.cohort import manifest_from_dicoms, read_manifest
+from milpf_jax.sweep import SweepConfig, run_sweep
+from milpf_jax.extraction.extract import extract, tiling_config
+from milpf_jax.extraction.failures import read_failures
+from milpf_jax.learning.head import HeadConfig, init_params
+from milpf_jax.reading.imaging import ImageReadError, read_image
+from milpf_jax.learning.inference import Bag, Head, predict
+from milpf_jax.data.labels import make_splits
+from milpf_jax.data.store import DONE, FAILED, PENDING, BagPlan, Store, StoreMismatch, load_packed
 
 HEADER = ["path", "patient_id", "exam_id", "laterality", "view", "birads"]
 DIM = 8  # the stand-in encoder's D

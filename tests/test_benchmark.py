@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from milpf_jax import bench
+import harness as bench
 from milpf_jax.runtime import GLIBC_TUNABLES, XLA_CPU_FLAGS, default_first_layer_dtype
-from milpf_jax.store import load_packed
-from milpf_jax.synthetic import SyntheticConfig, write_synthetic_store
+from milpf_jax.data.store import load_packed
+from milpf_jax.synthetic.embeddings import SyntheticConfig, write_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    r = subprocess.run([sys.executable, str(REPO / "experiments" / "benchmark.py"), "--quick",
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "benchmark.py"), "--quick",
                         "--out", str(out)], capture_output=True, text=True, timeout=900,
                        cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -160,7 +160,7 @@ def test_synthetic_packed_equals_the_store_loaded(tmp_path):
 def test_block_seeded_cohort_is_drawn_in_parallel_and_equals_its_serial_draw(tmp_path):
     """--scale embed draws its 50,000 bags in blocks of 1,000 on every core: the same bags as
     drawing the blocks one after another, and each block as drawing it alone."""
-    from milpf_jax.synthetic import synthetic_bags
+    from milpf_jax.synthetic.embeddings import synthetic_bags
 
     cfg = SyntheticConfig(n_bags=35, dim=8, max_tiles=6, seed=3, block_bags=10)
     serial = list(synthetic_bags(cfg))

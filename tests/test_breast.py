@@ -1,4 +1,4 @@
-"""Tests for milpf_jax.breast: mask, tile grid, tissue selection, box transforms, presets."""
+"""Tests for milpf_jax.reading.tiling: mask, tile grid, tissue selection, box transforms, presets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from milpf_jax.breast import (
+from milpf_jax.reading.tiling import (
     EmptyViewWarning,
     TilingConfig,
     ViewPlan,
@@ -19,7 +19,7 @@ from milpf_jax.breast import (
     plan_view,
     tile_grid,
 )
-from milpf_jax.imaging import MammoImage, read_image
+from milpf_jax.reading.imaging import MammoImage, read_image
 
 from conftest import MIAS_DIR, needs_mias
 

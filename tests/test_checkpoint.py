@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from milpf_jax.checkpoint import load_head, read_metadata, save_head
-from milpf_jax.head import HeadConfig, init_params
-from milpf_jax.inference import Bag, Head, predict
+from milpf_jax.learning.checkpoint import load_head, read_metadata, save_head
+from milpf_jax.learning.head import HeadConfig, init_params
+from milpf_jax.learning.inference import Bag, Head, predict
 
 TMP_MARK = ".orbax-checkpoint-tmp"
 
@@ -23,7 +23,7 @@ def seeded_params(cfg, seed):
     import jax
     import numpy as np
 
-    from milpf_jax.head import init_params
+    from milpf_jax.learning.head import init_params
 
     rng = np.random.default_rng(seed)
     template = jax.eval_shape(lambda: init_params(jax.random.key(0), cfg))
@@ -185,7 +185,7 @@ def test_checkpoint_of_something_else_is_refused_and_not_overwritten(tmp_path):
         item_handlers={"head": ocp.JsonCheckpointHandler()},
     ) as mngr:
         mngr.save(0, args=ocp.args.Composite(head=ocp.args.JsonSave({"format": "something"})))
-    with pytest.raises(ValueError, match="has format 'something', expected 'milpf_jax.head'"):
+    with pytest.raises(ValueError, match="has format 'something', expected 'milpf_jax.learning.head'"):
         load_head(tmp_path / "json")
 
 
@@ -237,9 +237,9 @@ def test_config_that_disagrees_with_stored_params_is_refused(tmp_path):
 
 SAVER = """
 import sys
-from milpf_jax.checkpoint import save_head
-from milpf_jax.head import HeadConfig
-from milpf_jax.inference import Head
+from milpf_jax.learning.checkpoint import save_head
+from milpf_jax.learning.head import HeadConfig
+from milpf_jax.learning.inference import Head
 
 {helper}
 cfg = HeadConfig(dim=int(sys.argv[2]))

@@ -1,4 +1,4 @@
-"""Tests for milpf_jax.cohort: manifests, bag grouping, errors, DICOM manifests, mini-MIAS."""
+"""Tests for milpf_jax.reading.cohort: manifests, bag grouping, errors, DICOM manifests, mini-MIAS."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from milpf_jax.cohort import (
+from milpf_jax.reading.cohort import (
     SPLIT_CODES,
     Lesion,
     manifest_from_dicoms,

@@ -1,4 +1,4 @@
-"""Paired comparison of finished runs (milpf_jax.compare, experiments/compare.py), on run
+"""Paired comparison of finished runs (milpf_jax.evaluation.compare, experiments/compare.py), on run
 folders written as a sweep writes them."""
 
 import csv
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from milpf_jax import metrics
-from milpf_jax.compare import compare_runs, format_comparison
-from milpf_jax.experiment import TABLE_METRICS
+from milpf_jax.evaluation import metrics
+from milpf_jax.evaluation.compare import compare_runs, format_comparison
+from milpf_jax.sweep import TABLE_METRICS
 
 from conftest import load_script
 

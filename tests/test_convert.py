@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from milpf_jax.convert import from_torch_state_dict
-from milpf_jax.head import HeadConfig, count_params, init_params
-from milpf_jax.inference import Bag, predict
+from milpf_jax.learning.convert import from_torch_state_dict
+from milpf_jax.learning.head import HeadConfig, count_params, init_params
+from milpf_jax.learning.inference import Bag, predict
 
 
 class OriginalHead(nn.Module):

@@ -19,12 +19,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from milpf_jax import train as T
-from milpf_jax.checkpoint import load_head
-from milpf_jax.experiment import SweepConfig
-from milpf_jax.head import HeadConfig
-from milpf_jax.store import load_packed
-from milpf_jax.synthetic import SyntheticConfig, write_synthetic_store
+from milpf_jax.learning import train as T
+from milpf_jax.learning.checkpoint import load_head
+from milpf_jax.sweep import SweepConfig
+from milpf_jax.learning.head import HeadConfig
+from milpf_jax.data.store import load_packed
+from milpf_jax.synthetic.embeddings import SyntheticConfig, write_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
 D = 8

@@ -1,4 +1,4 @@
-"""Tests for milpf_jax.encoders: registry, the Encoder contract, real EfficientNet-Lite0 weights,
+"""Tests for milpf_jax.extraction.encoders: registry, the Encoder contract, real EfficientNet-Lite0 weights,
 tiny random DINOv2 / DINOv3 / SigLIP checkpoints saved to disk and loaded via model_dir, and the
 offline 'model unavailable' messages."""
 
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-import milpf_jax.encoders as encoders
-from milpf_jax.encoders import (
+import milpf_jax.extraction.encoders as encoders
+from milpf_jax.extraction.encoders import (
     ENCODERS,
     EncoderSpec,
     EncoderUnavailable,
@@ -72,7 +72,7 @@ def hand_pixels(grey, spec):
 
 def test_import_does_not_load_torch_or_transformers():
     code = (
-        "import sys, milpf_jax.encoders as e; "
+        "import sys, milpf_jax.extraction.encoders as e; "
         "assert len(e.ENCODERS) > 5; "
         "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub') if m in sys.modules))"
     )
@@ -159,7 +159,7 @@ def test_spec_rejects_unknown_family_and_output():
 
 
 def test_resolve_precision(monkeypatch):
-    from milpf_jax.encoders import base
+    from milpf_jax.extraction.encoders import base
 
     assert base.resolve_precision("float32", "cuda") == "float32"
     assert base.resolve_precision("bfloat16", "cpu") == "bfloat16"
@@ -171,7 +171,7 @@ def test_resolve_precision(monkeypatch):
 
 
 def test_grey_to_model_input_replicates_and_standardises():
-    from milpf_jax.encoders.base import grey_to_model_input
+    from milpf_jax.extraction.encoders.base import grey_to_model_input
 
     grey = torch.tensor([[[0.0, 0.5], [1.0, 0.25]]])  # [1, 2, 2]
     out = grey_to_model_input(grey, (0.5, 0.25, 0.0), (0.5, 0.25, 1.0))
@@ -447,7 +447,7 @@ def test_offline_missing_medsiglip(monkeypatch):
 
 
 def test_unreachable_hub_non_gated_model(monkeypatch, registry):
-    from milpf_jax.encoders import hub
+    from milpf_jax.extraction.encoders import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -472,7 +472,7 @@ def test_missing_or_empty_model_dir(tmp_path):
 
 
 def test_revision_from_snapshot_path(tmp_path):
-    from milpf_jax.encoders.hub import revision_of
+    from milpf_jax.extraction.encoders.hub import revision_of
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     assert revision_of(tmp_path / "snapshots" / commit) == commit

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import milpf_jax
-from milpf_jax.experiment import SweepConfig, evaluate_external, run_sweep
-from milpf_jax.synthetic import SyntheticConfig, write_synthetic_store
+from milpf_jax.sweep import SweepConfig, evaluate_external, run_sweep
+from milpf_jax.synthetic.embeddings import SyntheticConfig, write_synthetic_store
 
 from conftest import load_script
 
@@ -179,8 +179,8 @@ def test_exam_level_metrics_of_the_best_run(finished_run):
 
     from sklearn.metrics import roc_auc_score
 
-    from milpf_jax.experiment import _exam_counts, exam_metrics
-    from milpf_jax.store import load_packed
+    from milpf_jax.sweep import _exam_counts, exam_metrics
+    from milpf_jax.data.store import load_packed
 
     root, res = finished_run
     assert res["best"]["test_exam"] is None and res["data"]["exams"] is None

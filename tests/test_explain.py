@@ -1,4 +1,4 @@
-"""Tests for milpf_jax.explain: attention maps, boxes, AP@IoU, overlays and the CLI end to end.
+"""Tests for milpf_jax.explanation.explain: attention maps, boxes, AP@IoU, overlays and the CLI end to end.
 
 The pure parts are checked on hand-made inputs with answers known in advance. The end-to-end
 tests train a head on a tiny phantom with the stand-in encoder (tests/test_extract.py) through
@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from test_extract import STANDIN, StandIn, install_standin, standin_spec
 
-from milpf_jax.detection import (
+from milpf_jax.evaluation.detection import (
     Truth,
     average_precision,
     detection_report,
@@ -29,7 +29,7 @@ from milpf_jax.detection import (
     point_to_box,
     size_bucket,
 )
-from milpf_jax.explain import (
+from milpf_jax.explanation.explain import (
     Explainer,
     attention_map,
     boxes_from_map,
@@ -204,9 +204,9 @@ def test_overlay_draws_truth_over_prediction_on_the_grey_view():
 def test_a_head_without_tile_attention_is_refused():
     import jax
 
-    from milpf_jax.breast import TilingConfig
-    from milpf_jax.head import HeadConfig, init_params
-    from milpf_jax.inference import Head
+    from milpf_jax.reading.tiling import TilingConfig
+    from milpf_jax.learning.head import HeadConfig, init_params
+    from milpf_jax.learning.inference import Head
 
     cfg = HeadConfig(dim=8, local_pool="max")
     head = Head(init_params(jax.random.key(0), cfg), cfg)
@@ -254,14 +254,14 @@ def run(tmp_path_factory):
 
 
 def _cohort(root: Path):
-    from milpf_jax.cohort import resolve_cohort
+    from milpf_jax.reading.cohort import resolve_cohort
 
     return resolve_cohort(SPEC, cache_dir=root / "cache")
 
 
 def _views(root: Path) -> list[dict]:
     """Every explained view: bag row, laterality, path, overlay file, its truths."""
-    from milpf_jax.phantom_files import read_lesions
+    from milpf_jax.synthetic.phantom_files import read_lesions
 
     cohort = _cohort(root)
     bags = {b.bag_id: b for b in cohort.bags}
@@ -278,7 +278,7 @@ def _views(root: Path) -> list[dict]:
 
 
 def _source_pixels(path: str) -> np.ndarray:
-    from milpf_jax.imaging import read_image
+    from milpf_jax.reading.imaging import read_image
 
     image = read_image(path)
     return image.pixels[:, ::-1] if image.flipped else image.pixels
@@ -371,7 +371,7 @@ def test_heatmaps_and_predicted_boxes_are_in_the_files_frame(run):
 
 
 def test_explaining_without_overlap_reproduces_the_run(run):
-    from milpf_jax.store import Store
+    from milpf_jax.data.store import Store
 
     explainer = load_explainer(run / "run", overlap=0.0, device="cpu")
     results = json.loads((run / "run" / "results.json").read_text())
@@ -431,7 +431,7 @@ def test_attention_peaks_on_the_lesions_with_efficientnet(tmp_path, monkeypatch)
     for half of them within half a tile. A random point of the tiled breast is within half a
     tile of a lesion about 27% of the time (within a tile: 61%; measured on the main job's
     validation maps), so the second bound is the one chance does not pass."""
-    from milpf_jax.phantom_files import read_lesions
+    from milpf_jax.synthetic.phantom_files import read_lesions
 
     spec = "phantom:n_patients=100"
     monkeypatch.setenv("MILPF_CACHE", str(tmp_path / "cache"))
@@ -439,7 +439,7 @@ def test_attention_peaks_on_the_lesions_with_efficientnet(tmp_path, monkeypatch)
                                       "--quiet", "--out", str(tmp_path / "run")]) == 0
     assert load_script("explain").main(["--run", str(tmp_path / "run"), "--out",
                                         str(tmp_path / "out"), "--save-maps", "--quiet"]) == 0
-    from milpf_jax.cohort import resolve_cohort
+    from milpf_jax.reading.cohort import resolve_cohort
 
     cohort = resolve_cohort(spec, cache_dir=tmp_path / "cache")
     bags = {b.bag_id: b for b in cohort.bags}

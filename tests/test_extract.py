@@ -1,4 +1,4 @@
-"""Tests for milpf_jax.extract: plan + encode into a store, resume after SIGKILL, shards,
+"""Tests for milpf_jax.extraction.extract: plan + encode into a store, resume after SIGKILL, shards,
 failures, settings checks, the cache lookup and the CLI.
 
 A deterministic stand-in encoder (block means of the input, a fixed random projection, rows
@@ -25,10 +25,10 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from milpf_jax import encoders
-from milpf_jax.breast import area_resize, cut_tiles, global_view, plan_view
-from milpf_jax.cohort import read_manifest, resolve_cohort
-from milpf_jax.extract import (
+from milpf_jax.extraction import encoders
+from milpf_jax.reading.tiling import area_resize, cut_tiles, global_view, plan_view
+from milpf_jax.reading.cohort import read_manifest, resolve_cohort
+from milpf_jax.extraction.extract import (
     ExtractConfig,
     ExtractionFailed,
     batch_schedule,
@@ -40,9 +40,9 @@ from milpf_jax.extract import (
     store_name,
     tiling_config,
 )
-from milpf_jax.failures import append_failures, failures_path, read_failures
-from milpf_jax.imaging import read_image
-from milpf_jax.store import DONE, FAILED, PENDING, Store, StoreMismatch
+from milpf_jax.extraction.failures import append_failures, failures_path, read_failures
+from milpf_jax.reading.imaging import read_image
+from milpf_jax.data.store import DONE, FAILED, PENDING, Store, StoreMismatch
 
 from conftest import MIAS_DIR, load_script, needs_mias
 
@@ -576,7 +576,7 @@ def test_ensure_store_finds_or_builds_the_cached_store(tmp_path, manifest, stand
 
 
 def test_phantom_cohort_is_made_once_in_the_cache_and_extracted(tmp_path, monkeypatch):
-    from milpf_jax import phantom_files
+    from milpf_jax.synthetic.embeddings import phantom_files
 
     install_standin(monkeypatch.setitem, monkeypatch.setattr, input_size=224)
     # The spec asks for the default PhantomConfig; one patient (two bags) keeps the test short.

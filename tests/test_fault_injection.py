@@ -35,9 +35,9 @@ import numpy as np
 import pytest
 from test_extract import _Patch, assert_same_store, cfg, install_standin, read_arrays
 
-from milpf_jax.extract import extract
-from milpf_jax.phantom import PhantomConfig
-from milpf_jax.store import DONE, Store
+from milpf_jax.extraction.extract import extract
+from milpf_jax.synthetic.phantom import PhantomConfig
+from milpf_jax.data.store import DONE, Store
 
 # JAX, orbax and test_checkpoint are imported inside the checkpoint tests: the extraction
 # children import this file and should start fast.
@@ -58,7 +58,7 @@ def run_cfg(**changes):
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> str:
-    from milpf_jax.phantom_files import make_phantom_cohort
+    from milpf_jax.synthetic.phantom_files import make_phantom_cohort
 
     out = tmp_path_factory.mktemp("phantom")
     return str(make_phantom_cohort(out, PHANTOM, workers=1, progress=False))
@@ -352,9 +352,9 @@ def two_steps(directory: Path, dim: int):
     """Steps 0 and 1 of a checkpoint (seeds 0 and 1); returns the two heads and metadata."""
     from test_checkpoint import seeded_params
 
-    from milpf_jax.checkpoint import read_metadata, save_head
-    from milpf_jax.head import HeadConfig
-    from milpf_jax.inference import Head
+    from milpf_jax.learning.checkpoint import read_metadata, save_head
+    from milpf_jax.learning.head import HeadConfig
+    from milpf_jax.learning.inference import Head
 
     cfg = HeadConfig(dim=dim)
     heads = [Head(seeded_params(cfg, seed), cfg) for seed in (0, 1)]
@@ -369,7 +369,7 @@ def load_outcome(directory: Path, heads, metadata) -> str:
     which step 0 loads as saved. Anything else fails the test."""
     from test_checkpoint import assert_same_params
 
-    from milpf_jax.checkpoint import load_head, read_metadata
+    from milpf_jax.learning.checkpoint import load_head, read_metadata
 
     try:
         head = load_head(directory)
@@ -444,9 +444,9 @@ def test_other_orbax_checkpoints_are_refused_and_left_alone(tmp_path):
     import orbax.checkpoint as ocp
     from test_checkpoint import assert_same_params, seeded_params
 
-    from milpf_jax.checkpoint import load_head, read_metadata, save_head
-    from milpf_jax.head import HeadConfig
-    from milpf_jax.inference import Head
+    from milpf_jax.learning.checkpoint import load_head, read_metadata, save_head
+    from milpf_jax.learning.head import HeadConfig
+    from milpf_jax.learning.inference import Head
 
     cfg = HeadConfig(dim=16)
     head = Head(seeded_params(cfg, 0), cfg)
@@ -505,9 +505,9 @@ def test_ten_sigkills_during_saves_leave_the_last_good_checkpoint(tmp_path):
         wait_for_unfinished_save,
     )
 
-    from milpf_jax.checkpoint import MAX_TO_KEEP, load_head, read_metadata, save_head
-    from milpf_jax.head import HeadConfig
-    from milpf_jax.inference import Head
+    from milpf_jax.learning.checkpoint import MAX_TO_KEEP, load_head, read_metadata, save_head
+    from milpf_jax.learning.head import HeadConfig
+    from milpf_jax.learning.inference import Head
 
     dim, directory = 100_000, tmp_path / "ckpt"
     cfg = HeadConfig(dim=dim)

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from milpf_jax import train as T
+from milpf_jax.learning import train as T
 from milpf_jax.bench import synthetic_packed
-from milpf_jax.head import HeadConfig, init_params
-from milpf_jax.synthetic import SyntheticConfig
+from milpf_jax.learning.head import HeadConfig, init_params
+from milpf_jax.synthetic.embeddings import SyntheticConfig
 
 pytestmark = pytest.mark.gpu
 
@@ -66,8 +66,8 @@ def test_gpu_bf16_first_layer_stays_near_float32(gpu, packed):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gpu_attention_stream_gradient_equals_cpu(gpu, cpu, dtype):
     """The custom VJP, in chunks of 8,192 tiles (36,000 tiles here), on both devices."""
-    from milpf_jax.head import attention_stream
-    from milpf_jax.train import _in_blocks
+    from milpf_jax.learning.head import attention_stream
+    from milpf_jax.learning.train import _in_blocks
 
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 300, 240)
@@ -96,7 +96,7 @@ def test_gpu_attention_stream_gradient_equals_cpu(gpu, cpu, dtype):
 
 
 def test_gpu_predict_equals_cpu(gpu, cpu, packed):
-    from milpf_jax.inference import Bag, Head, predict
+    from milpf_jax.learning.inference import Bag, Head, predict
 
     cfg = HeadConfig(dim=packed.dim)
     head = Head(config=cfg, params=init_params(jax.random.key(4), cfg))

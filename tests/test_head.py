@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from milpf_jax.head import HeadConfig, MILPFHead, count_params, init_params, pad_to_packed
+from milpf_jax.learning.head import HeadConfig, MILPFHead, count_params, init_params, pad_to_packed
 
 
 @pytest.mark.parametrize("dim,expected", [(1152, 37_337), (1536, 49_625)])
@@ -155,7 +155,7 @@ def test_config_refuses_bad_settings():
 
 def autodiff_attention_stream(proj, attn, tiles, tile_bag, tile_valid, num_bags, dtype):
     """The same stream through flax modules and autodiff: the reference for the custom VJP."""
-    from milpf_jax.head import LatentAttention, StreamMLP, _pool_segments
+    from milpf_jax.learning.head import LatentAttention, StreamMLP, _pool_segments
 
     h = StreamMLP(16, 8, dtype).apply({"params": proj}, tiles)
     attention = LatentAttention(8).bind({"params": attn})
@@ -179,12 +179,12 @@ def ragged_bags(seed, counts, d=24):
     (16, "float32", 32), (16, "float32", 64), (1, "float32", 20),
 ])
 def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles, monkeypatch):
-    from milpf_jax import head
-    from milpf_jax.head import attention_stream
+    from milpf_jax.learning import head
+    from milpf_jax.learning.head import attention_stream
 
     monkeypatch.setattr(head, "BACKWARD_CHUNK_TILES", chunk_tiles)
     monkeypatch.setattr(head, "FORWARD_CHUNK_TILES", chunk_tiles)
-    from milpf_jax.train import _in_blocks
+    from milpf_jax.learning.train import _in_blocks
 
     counts = [0, 1, 5, 16, 17, 40, 0, 3]
     tiles, tile_bag = ragged_bags(0, counts)
@@ -230,7 +230,7 @@ def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles, mo
 
 
 def test_blocked_and_packed_batches_give_the_same_head_and_gradient():
-    from milpf_jax.train import BagBatch, loss_fn
+    from milpf_jax.learning.train import BagBatch, loss_fn
 
     counts = [3, 0, 20, 1, 33, 8]
     tiles, tile_bag = ragged_bags(2, counts, d=12)
@@ -241,7 +241,7 @@ def test_blocked_and_packed_batches_give_the_same_head_and_gradient():
                   labels=jnp.asarray([0, 1, 1, 0, 1, 0], jnp.float32), weights=jnp.ones(nb))
     packed = BagBatch(tiles=jnp.asarray(tiles), tile_bag=jnp.asarray(tile_bag),
                       tile_valid=jnp.ones(len(tiles), bool), **common)
-    from milpf_jax.train import _in_blocks
+    from milpf_jax.learning.train import _in_blocks
 
     x, tb, valid, block_bag = _in_blocks(tiles, tile_bag, nb, 16)
     blocked = BagBatch(tiles=jnp.asarray(x), tile_bag=jnp.asarray(tb),

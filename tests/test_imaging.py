@@ -1,4 +1,4 @@
-"""Tests for milpf_jax.imaging: DICOM/PNG/TIFF reading, LUTs, flips, refusals, exclusions."""
+"""Tests for milpf_jax.reading.imaging: DICOM/PNG/TIFF reading, LUTs, flips, refusals, exclusions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
-from milpf_jax.imaging import ExcludedView, ImageReadError, read_image
+from milpf_jax.reading.imaging import ExcludedView, ImageReadError, read_image
 
 from conftest import MIAS_DIR, needs_mias
 

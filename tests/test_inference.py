@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import milpf_jax
-from milpf_jax.head import HeadConfig, init_params
-from milpf_jax.inference import Bag, Head, predict, predict_logits
+from milpf_jax.learning.head import HeadConfig, init_params
+from milpf_jax.learning.inference import Bag, Head, predict, predict_logits
 
 
 @pytest.fixture(scope="module")

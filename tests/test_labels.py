@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from milpf_jax import labels
+from milpf_jax.data import labels
 
 
 def test_birads_mapping_follows_the_paper():

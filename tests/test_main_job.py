@@ -83,7 +83,7 @@ def test_second_run_reuses_the_store(main_job, monkeypatch):
     root, sweep, args = main_job
     store_path = json.loads((root / "run" / "results.json").read_text())["store"]
     before = {p: p.stat().st_mtime_ns for p in Path(store_path).rglob("*") if p.is_file()}
-    import milpf_jax.encoders as encoders
+    import milpf_jax.extraction.encoders as encoders
 
     def no_encoder(*a, **k):
         raise AssertionError("the store is complete: no encoder should be loaded")
@@ -102,7 +102,7 @@ def test_encoder_comparison_sweeps_each_encoder_and_pairs_them(main_job, tmp_pat
     folder (extracted here), and a hub model that is unavailable offline (skipped, exit 2)."""
     from test_encoders import save_tiny_dinov2, tiny_spec
 
-    import milpf_jax.encoders as encoders
+    import milpf_jax.extraction.encoders as encoders
 
     root, _, args = main_job
     monkeypatch.setattr(encoders, "ENCODERS", dict(encoders.ENCODERS))
@@ -149,6 +149,6 @@ def test_ablation_three_heads_compared_and_split_by_lesion_kind(main_job, tmp_pa
     assert "AUC mass (n=" in header  # lesion_kinds of the phantom's manifest
     assert "| global-only |" in printed and (out / "comparison.md").is_file()
     # Each variant's results.json holds the command that reproduces it, so its cohort is known.
-    from milpf_jax.explain import run_cohort_spec
+    from milpf_jax.explanation.explain import run_cohort_spec
 
     assert run_cohort_spec(out / "local-only") == SPEC

@@ -1,4 +1,4 @@
-"""Tests for milpf_jax.metrics against scikit-learn and hand-made ROCs with known answers."""
+"""Tests for milpf_jax.evaluation.metrics against scikit-learn and hand-made ROCs with known answers."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from milpf_jax import metrics as m
+from milpf_jax.evaluation import metrics as m
 
 
 def _scores(seed, n, ties=False, separation=1.0):
@@ -304,7 +304,7 @@ def test_bootstrap_refuses_mismatched_patient_ids():
 
 
 def test_exam_level_takes_the_highest_breast_of_each_exam():
-    from milpf_jax.metrics import exam_level, exam_of_bag
+    from milpf_jax.evaluation.metrics import exam_level, exam_of_bag
 
     assert exam_of_bag("P001/E1/L") == "P001/E1"
     assert exam_of_bag("P-ab12/E-cd34/R") == "P-ab12/E-cd34"

@@ -3,7 +3,7 @@
 Edge cases a real cohort produces: bags whose tissue gave no tile (and a batch with no tile at
 all), a bag with a single tile, identical embeddings (all tiles of a bag alike; all bags alike),
 and float16 stores holding large values (near float16's maximum, 6e4, and ~1e3). Gradients are
-taken with `jax.grad(milpf_jax.train.loss_fn)` for every pooling kind and both first-layer
+taken with `jax.grad(milpf_jax.learning.train.loss_fn)` for every pooling kind and both first-layer
 dtypes; 700 epochs (patience off) on a small float16 store mixing all the cases must keep the
 loss, every parameter and the optimizer state finite. Few compiled programs: each costs seconds.
 """
@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from milpf_jax import train as T
-from milpf_jax.head import HeadConfig, init_params
-from milpf_jax.store import BagPlan, Store, load_packed
+from milpf_jax.learning import train as T
+from milpf_jax.learning.head import HeadConfig, init_params
+from milpf_jax.data.store import BagPlan, Store, load_packed
 
 D = 8
 B, V, NMAX = 4, 2, 12  # every case padded to one shape, so each head compiles once

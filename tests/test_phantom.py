@@ -12,8 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from milpf_jax.phantom import PhantomConfig, plan_cohort, render_view
-from milpf_jax.phantom_files import (
+from milpf_jax.synthetic.phantom import PhantomConfig, plan_cohort, render_view
+from milpf_jax.synthetic.phantom_files import (
     LESION_COLUMNS,
     MANIFEST_COLUMNS,
     SOP_CLASS_MG_PRESENTATION,
@@ -173,7 +173,7 @@ def test_manifest_columns_bags_and_labels(cohort):
 
 
 def test_manifest_reads_as_a_cohort(cohort):
-    cohort_mod = pytest.importorskip("milpf_jax.cohort")
+    cohort_mod = pytest.importorskip("milpf_jax.reading.cohort")
     read = cohort_mod.read_manifest(cohort / "manifest.csv")
     assert read.label_kind == "birads"
     assert len(read.bags) == 6 and all(len(b.images) == 2 for b in read.bags)
@@ -274,7 +274,7 @@ def test_config_errors_name_the_setting():
 
 
 def test_reader_flip_maps_boxes_by_mirroring_x(cohort):
-    imaging = pytest.importorskip("milpf_jax.imaging")
+    imaging = pytest.importorskip("milpf_jax.reading.imaging")
     lesions = [les for les in read_lesions(cohort / "lesions.csv") if les["laterality"] == "R"]
     if not lesions:
         pytest.skip("this tiny cohort has no right-breast lesion")

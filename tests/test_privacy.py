@@ -29,16 +29,16 @@ from pydicom.uid import generate_uid
 from test_extract import breast, install_standin
 from test_extract import cfg as extract_cfg
 
-from milpf_jax.cohort import (
+from milpf_jax.reading.cohort import (
     manifest_from_dicoms,
     pseudonym,
     read_manifest,
     read_or_create_key,
 )
-from milpf_jax.experiment import SweepConfig, run_sweep
-from milpf_jax.extract import extract, image_locations
-from milpf_jax.failures import read_failures
-from milpf_jax.store import DONE, FAILED, Store, StoreMismatch
+from milpf_jax.sweep import SweepConfig, run_sweep
+from milpf_jax.extraction.extract import extract, image_locations
+from milpf_jax.extraction.failures import read_failures
+from milpf_jax.data.store import DONE, FAILED, Store, StoreMismatch
 
 from conftest import load_script
 from test_imaging import write_dicom

@@ -13,10 +13,10 @@ import pytest
 CHILD = r"""
 import json, sys
 import jax, numpy as np
-from milpf_jax import train as T
-from milpf_jax.head import HeadConfig
-from milpf_jax.store import load_packed
-from milpf_jax.synthetic import SyntheticConfig, write_synthetic_store
+from milpf_jax.learning import train as T
+from milpf_jax.learning.head import HeadConfig
+from milpf_jax.data.store import load_packed
+from milpf_jax.synthetic.embeddings import SyntheticConfig, write_synthetic_store
 
 assert jax.device_count() == 4, jax.devices()
 write_synthetic_store(sys.argv[1], SyntheticConfig(n_bags=120, dim=24, max_tiles=40, seed=3))
@@ -35,7 +35,7 @@ for shard in ("none", "runs", "tiles"):
         devices=len({s.device for s in leaf.addressable_shards}),
         sharded=str(leaf.sharding.spec) if hasattr(leaf.sharding, "spec") else "",
     )
-from milpf_jax.sharding import place
+from milpf_jax.learning.sharding import place
 _, placed = place({"w": np.zeros((8, 2))}, data, None, "tiles")
 tiles = placed.train.tiles
 out["tiles_layout"] = dict(
@@ -85,7 +85,7 @@ def test_tiles_are_split_in_whole_blocks_and_bags_replicated(runs):
 def test_fit_refuses_runs_that_do_not_split_and_unknown_axes():
     import jax
 
-    from milpf_jax import sharding
+    from milpf_jax.learning import sharding
 
     with pytest.raises(ValueError, match="shard axis 'bags'"):
         sharding.place({}, (), [jax.devices()[0]], "bags")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from milpf_jax.store import (DONE, FAILED, PENDING, Store, StoreMismatch, load_packed)
+from milpf_jax.data.store import (DONE, FAILED, PENDING, Store, StoreMismatch, load_packed)
 
 from conftest import embeddings_for, make_plans
 

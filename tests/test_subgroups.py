@@ -1,4 +1,4 @@
-"""Test AUC by subgroup (milpf_jax.subgroups, cohort.bag_values, experiments/subgroups.py)."""
+"""Test AUC by subgroup (milpf_jax.evaluation.subgroups, cohort.bag_values, experiments/subgroups.py)."""
 
 import json
 
@@ -7,9 +7,9 @@ from conftest import load_script
 from sklearn.metrics import roc_auc_score
 from test_compare import cohort_rows, write_run
 
-from milpf_jax.cohort import bag_values
-from milpf_jax.experiment import read_predictions
-from milpf_jax.subgroups import format_subgroups, subgroup_aucs
+from milpf_jax.reading.cohort import bag_values
+from milpf_jax.sweep import read_predictions
+from milpf_jax.evaluation.subgroups import format_subgroups, subgroup_aucs
 
 
 def test_bag_values_reads_the_csv_only_and_marks_disagreement(tmp_path):

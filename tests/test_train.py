@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from milpf_jax import train as T
-from milpf_jax.head import HeadConfig
-from milpf_jax.store import load_packed
-from milpf_jax.synthetic import SyntheticConfig, write_synthetic_store
+from milpf_jax.learning import train as T
+from milpf_jax.learning.head import HeadConfig
+from milpf_jax.data.store import load_packed
+from milpf_jax.synthetic.embeddings import SyntheticConfig, write_synthetic_store
 
 
 @pytest.fixture(scope="module")
