@@ -1,4 +1,4 @@
-"""Benchmark (issue 6): the vmapped packed trainer against the original PyTorch loop, the
+"""Benchmark: the vmapped packed trainer against the original PyTorch loop, the
 matmul rooflines, the process-level tricks, scaling over runs and bags, runs sharded over
 devices.
 
@@ -44,12 +44,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 import harness as bench
-from milpf_jax.cli import command_line
+from milpf_jax.cli import add_config_flags, command_line, run
+from milpf_jax.cli import config_from_args as cli_config_from_args
+from milpf_jax.config import option
+from milpf_jax.data.labels import class_weights
+from milpf_jax.data.packed import open_packed, save_packed
+from milpf_jax.files import write_text
 from milpf_jax.runtime import GLIBC_TUNABLES, XLA_CPU_FLAGS
+from milpf_jax.synthetic.embeddings import synthetic_packed
 
 # Process-level settings measured on (5), the ones the entry points set (milpf_jax.runtime):
 # glibc reads GLIBC_TUNABLES only at process start (one arena, no trimming or mmap, keeps the
@@ -68,13 +75,13 @@ WORKER_TIMEOUT_S = 3600
 def _load_data(spec: dict, cfg: bench.BenchConfig):
     path = spec["data"]
     if spec.get("n_bags_in_process"):  # bags scaling: the cohort is made in the worker
-        return bench.synthetic_packed(cfg.synthetic(spec["n_bags_in_process"]),
+        return synthetic_packed(cfg.synthetic(spec["n_bags_in_process"]),
                                       dtype=cfg.data_dtype)
     if path.endswith(".zarr"):
-        from milpf_jax.data.store import load_packed
+        from milpf_jax.data.packed import load_packed
 
         return load_packed(path, split_seed=0)
-    return bench.open_packed(path)
+    return open_packed(path)
 
 
 def worker_torch(spec: dict, cfg: bench.BenchConfig) -> dict:
@@ -114,11 +121,12 @@ def _shipped_dtype() -> str:
     return default_first_layer_dtype()
 
 
-def _train_config(cfg: bench.BenchConfig, first_layer_dtype: str, **kw):
+def _train_config(cfg: bench.BenchConfig, first_layer_dtype: str, impl=None, **kw):
     from milpf_jax.learning import train as T
-    from milpf_jax.learning.head import HeadConfig
+    from milpf_jax.learning.head import HeadConfig, HeadImpl
 
-    return T.TrainConfig(head=HeadConfig(dim=cfg.dim, first_layer_dtype=first_layer_dtype), **kw)
+    head = HeadConfig(dim=cfg.dim, first_layer_dtype=first_layer_dtype, impl=impl or HeadImpl())
+    return T.TrainConfig(head=head, **kw)
 
 
 def _train_data(packed, cfg: bench.BenchConfig, train_cfg):
@@ -202,7 +210,7 @@ def worker_baselines(spec: dict, cfg: bench.BenchConfig) -> dict:
         gc.collect()
     if "4" in rows:
         tr, va = packed.split("train"), packed.split("val")
-        train = bench.pad_bags(tr, weights=bench.class_weights(tr.labels), dtype=cfg.data_dtype)
+        train = bench.pad_bags(tr, weights=class_weights(tr.labels), dtype=cfg.data_dtype)
         val = bench.pad_bags(va, dtype=cfg.data_dtype)
         out["4_float32"] = dict(
             bench.measure_padded(train, val, cfg.dim, keys, hp, cfg.timed_epochs),
@@ -237,19 +245,15 @@ def worker_step(spec: dict, cfg: bench.BenchConfig) -> dict:
     (bench.STEP_VARIANTS) switched on or off."""
     import jax.numpy as jnp
 
-    from milpf_jax.learning import head
     from milpf_jax.learning import train as T
 
     variant = bench.STEP_VARIANTS[spec["variant"]]
-    head.HAND_WRITTEN_GRADIENT = variant["hand"]  # both read when the step is traced, below
-    head.BACKWARD_CHUNK_TILES = variant["chunk"]
-    head.FORWARD_CHUNK_TILES = variant["forward_chunk"]
     packed = _load_data(spec, cfg)
     keys, hp = bench.run_grid(cfg.seeds, cfg)
     dtype = _shipped_dtype()
-    tcfg = _train_config(cfg, dtype)
+    tcfg = _train_config(cfg, dtype, impl=bench.step_impl(variant))
     data_dtype = {"float32": jnp.float32, None: None}[variant["data"]]
-    data = T.make_train_data(packed, tcfg, dtype=data_dtype, block=variant["block"])
+    data = T.make_train_data(packed, tcfg, dtype=data_dtype)
     r = bench.measure_vmapped(data, tcfg, keys, hp, cfg.timed_epochs)
     r.pop("state")
     return dict(_jax_context(), variant=spec["variant"], **variant,
@@ -340,11 +344,11 @@ def worker_fit(spec: dict, cfg: bench.BenchConfig) -> dict:
     """Full sweeps (train.fit, early stopping) per first-layer dtype, test AUCs in f32."""
     import jax.numpy as jnp
 
-    from milpf_jax.learning import train as T
+    from milpf_jax.learning import batches as B
 
     packed = _load_data(spec, cfg)
     keys, hp = bench.run_grid(cfg.seeds, cfg)
-    test = T.bag_batch(packed.split("test"),
+    test = B.bag_batch(packed.split("test"),
                        dtype=jnp.bfloat16 if cfg.data_dtype == "bfloat16" else jnp.float32)
     out = _jax_context()
     for dtype in cfg.fit_dtypes:
@@ -430,9 +434,7 @@ class Runner:
         """Record a worker's result in OUT/partial.json as it comes: a run stopped part-way
         (a time limit on a lent machine) still leaves the rows it finished."""
         self.partial[name] = result
-        tmp = self.out / "partial.json.tmp"
-        tmp.write_text(json.dumps(self.partial, default=_plain))
-        os.replace(tmp, self.out / "partial.json")
+        write_text(self.out / "partial.json", json.dumps(self.partial, default=_plain))
         return result
 
     def __call__(self, worker: str, name: str, env: dict, *, oom_ok=False, **extra) -> dict | None:
@@ -467,10 +469,10 @@ def make_data(cfg: bench.BenchConfig, work: Path) -> tuple[str, dict, float]:
     """The run's cohort: a zarr store, or packed arrays for workers to memory-map."""
     t0 = time.perf_counter()
     if cfg.in_memory:
-        packed = bench.synthetic_packed(cfg.synthetic(), dtype=cfg.data_dtype)
-        path = str(bench.save_packed(packed, work / "packed"))
+        packed = synthetic_packed(cfg.synthetic(), dtype=cfg.data_dtype)
+        path = str(save_packed(packed, work / "packed"))
     else:
-        from milpf_jax.data.store import load_packed
+        from milpf_jax.data.packed import load_packed
         from milpf_jax.synthetic.embeddings import write_synthetic_store
 
         path = str(work / "synthetic.zarr")
@@ -720,7 +722,7 @@ def _fit_summary(fit: dict | None, torch_res: dict, flops: int, rates: dict) -> 
 
 
 def _targets(rows: list, fit: dict) -> dict:
-    """Issue 6's targets. CPU: (5) >= 4x (1) and >= 2.5x (2) with a bf16 first layer, f32
+    """The speed targets. CPU: (5) >= 4x (1) and >= 2.5x (2) with a bf16 first layer, f32
     >= 2x (1). GPU (--scale embed): the full sweep in under 60 s and >= 20x (1)."""
     by = {(r["row"], r["first_layer_dtype"]): r for r in rows}
     out = {}
@@ -866,62 +868,80 @@ def format_tables(report: dict) -> str:
 # -- command line -----------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchCommand:
+    """The benchmark's command line: a scale (harness.SCALES) and what to change in it."""
+
+    scale: Literal["cpu", "quick", "embed"] = option(
+        "cpu", "shapes and rows (cpu: 2,000 bags, D=1152, 36 runs)")
+    quick: bool = option(False, "same as --scale quick (CI-sized)", switch=True)
+    out: str = option("benchmark-out", "folder for benchmark.json/.md, logs")
+    bags: int | None = option(None, "override the number of bags")
+    dim: int | None = option(None, "override the embedding size D")
+    seeds: int | None = option(None, "override the number of runs")
+    epochs: int | None = option(None, "override the timed epochs per row")
+    fit_epochs: int | None = option(None, "override the full sweep's epoch cap")
+    rows: tuple[str, ...] | None = option(
+        None, "comma-separated rows to run, e.g. 1,5 (default: the scale's)")
+    no_scaling: bool = option(False, "skip both scaling tables", switch=True)
+    no_tricks: bool = option(
+        False, "skip the process-settings comparison (GLIBC_TUNABLES, XLA_FLAGS)", switch=True)
+    no_step_variants: bool = option(
+        False, "skip the comparison of the step's code tricks (hand-written VJP, 16-tile "
+               "blocks, embeddings in the first layer's dtype, chunked passes)", switch=True)
+    fit: bool = option(False, "also run full sweeps (train.fit, early stopping) in f32 and bf16",
+                       switch=True)
+    worker_spec: str | None = option(None, hidden=True)
+
+    def bench_config(self) -> bench.BenchConfig:
+        cfg = bench.SCALES["quick" if self.quick else self.scale]
+        changes = {k: v for k, v in dict(n_bags=self.bags, dim=self.dim, seeds=self.seeds,
+                                         timed_epochs=self.epochs,
+                                         fit_epochs=self.fit_epochs, rows=self.rows).items()
+                   if v is not None}
+        if self.no_scaling:
+            changes.update(scaling_seeds=(), scaling_bags=())
+        if self.no_tricks:
+            changes.update(trick_variants=())
+        if self.no_step_variants:
+            changes.update(step_variants=())
+        if self.fit and not cfg.fit_dtypes:
+            changes.update(fit_dtypes=("float32", "bfloat16"))
+        return cfg.replace(**changes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", choices=sorted(bench.SCALES), default="cpu",
-                   help="shapes and rows (default cpu: 2,000 bags, D=1152, 36 runs)")
-    p.add_argument("--quick", action="store_true", help="same as --scale quick (CI-sized)")
-    p.add_argument("--out", default="benchmark-out", help="folder for benchmark.json/.md, logs")
-    p.add_argument("--bags", type=int, help="override the number of bags")
-    p.add_argument("--dim", type=int, help="override the embedding size D")
-    p.add_argument("--seeds", type=int, help="override the number of runs")
-    p.add_argument("--epochs", type=int, help="override the timed epochs per row")
-    p.add_argument("--fit-epochs", type=int, help="override the full sweep's epoch cap")
-    p.add_argument("--rows", help="comma-separated rows to run, e.g. 1,5 (default: the scale's)")
-    p.add_argument("--no-scaling", action="store_true", help="skip both scaling tables")
-    p.add_argument("--no-tricks", action="store_true",
-                   help="skip the process-settings comparison (GLIBC_TUNABLES, XLA_FLAGS)")
-    p.add_argument("--no-step-variants", action="store_true",
-                   help="skip the comparison of the step's code tricks (hand-written VJP, "
-                   "16-tile blocks, embeddings in the first layer's dtype)")
-    p.add_argument("--fit", action="store_true",
-                   help="also run full sweeps (train.fit, early stopping) in f32 and bf16")
-    p.add_argument("--worker-spec", help=argparse.SUPPRESS)
+    add_config_flags(p, BenchCommand)
     return p
 
 
-def config_from_args(args) -> bench.BenchConfig:
-    cfg = bench.SCALES["quick" if args.quick else args.scale]
-    changes = {k: v for k, v in dict(n_bags=args.bags, dim=args.dim, seeds=args.seeds,
-                                     timed_epochs=args.epochs,
-                                     fit_epochs=args.fit_epochs).items() if v is not None}
-    if args.rows:
-        changes.update(rows=tuple(r.strip() for r in args.rows.split(",") if r.strip()))
-    if args.no_scaling:
-        changes.update(scaling_seeds=(), scaling_bags=())
-    if args.no_tricks:
-        changes.update(trick_variants=())
-    if args.no_step_variants:
-        changes.update(step_variants=())
-    if args.fit and not cfg.fit_dtypes:
-        changes.update(fit_dtypes=("float32", "bfloat16"))
-    return cfg.replace(**changes)
+def config_from_args(args, parser=None) -> bench.BenchConfig:
+    """The BenchConfig a command line asks for (a refused value is a usage error)."""
+    opts = cli_config_from_args(BenchCommand, args, parser)
+    try:
+        return opts.bench_config()
+    except ValueError as err:
+        if parser is None:
+            raise
+        parser.error(str(err))
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.worker_spec:
         return run_worker(args.worker_spec)
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, parser)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = command_line("benchmarks/benchmark.py", argv)
     with tempfile.TemporaryDirectory(prefix="milpf-bench-") as work:
         report = run_all(cfg, out, Path(work), command=command)
     table = format_tables(report)
-    (out / "benchmark.json").write_text(json.dumps(report, indent=1, default=_plain))
-    (out / "benchmark.md").write_text(table)
+    write_text(out / "benchmark.json", json.dumps(report, indent=1, default=_plain))
+    write_text(out / "benchmark.md", table)
     print()
     print(table)
     for err in report["errors"]:
@@ -930,4 +950,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

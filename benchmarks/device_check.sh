@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/device_check.sh [OUT] [BENCHMARK FLAGS...]
 #
-# 1. the GPU tests (`pytest -m gpu tests/test_gpu.py`: GPU equals CPU);
+# 1. the GPU tests (`pytest -m gpu tests/learning/test_gpu.py`: GPU equals CPU);
 # 2. `benchmarks/benchmark.py --scale embed` (50,000 bags, ~150 tiles each, D=1152, bf16
 #    embeddings: rows (1), (2), (5) and the full 36-run x 700-epoch sweeps), flags passed on.
 # OUT (default: $OUT, else device-check/) gets gpu.txt, gpu_tests.log, benchmark.log,
@@ -21,7 +21,7 @@ python=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 "$python" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$out/gpu.txt"
 
-"$python" -m pytest -m gpu -p no:cacheprovider -q -rs tests/test_gpu.py 2>&1 \
+"$python" -m pytest -m gpu -p no:cacheprovider -q -rs tests/learning/test_gpu.py 2>&1 \
     | tee "$out/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 

@@ -4,7 +4,7 @@
 on 2 cores both spin threads) and assembles the table. Every measure_* function returns a
 plain dict of numbers, so a worker can dump it as JSON and a test can call it on tiny shapes.
 
-The rows (issue 6): (1) the head as the original PyTorch code runs it, one seed after another,
+The rows: (1) the head as the original PyTorch code runs it, one seed after another,
 ragged tiles with scatter softmax, float32; (2) the same under bfloat16 autocast; (3) JAX, the
 jitted `epoch_step` of one run in a Python loop over runs; (4) JAX vmap over runs on padded
 [B, Tmax, D] tensors; (5) ours, `epoch_step` vmapped over runs on packed tiles; (6) rooflines:
@@ -17,8 +17,6 @@ uses its config and data helpers and must not load either library.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import math
 import os
 import platform
@@ -26,7 +24,6 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -34,8 +31,9 @@ from typing import NamedTuple
 import numpy as np
 
 from milpf_jax.data import labels
-from milpf_jax.data.store import PackedBags
-from milpf_jax.synthetic.embeddings import SyntheticConfig, synthetic_bags
+from milpf_jax.data.labels import class_weights
+from milpf_jax.data.packed import PackedBags, numpy_dtype
+from milpf_jax.synthetic.embeddings import SyntheticConfig
 
 # CPU flags worth reporting: AMX is what makes bf16 matmuls several times faster than f32 on
 # recent Intel CPUs; avx512_bf16 gives bf16 dot products without AMX (e.g. AMD Zen 4).
@@ -48,9 +46,10 @@ HIDDEN = 16
 
 # What the code of (5)'s step does, one trick added at a time (each measured in a fresh process,
 # shipped first-layer dtype): the gradient of the attention pooling by autodiff or written by
-# hand (head.attention_stream), tiles packed or in 16-tile blocks (train.bag_batch), the
-# embeddings held in float32 or in the first layer's dtype, the backward and then the forward
-# pass over all tiles at once or in chunks (head.BACKWARD_CHUNK_TILES, head.FORWARD_CHUNK_TILES).
+# hand (learning.attention.attention_stream), tiles packed or in 16-tile blocks
+# (learning.batches.bag_batch), the embeddings held in float32 or in the first layer's dtype,
+# the backward and then the forward pass over all tiles at once or in chunks. Each variant is a
+# HeadImpl (`step_impl`), part of the compiled program's key.
 STEP_VARIANTS = {
     "autodiff, packed tiles, f32 embeddings":
         dict(hand=False, block=1, data="float32", chunk=None, forward_chunk=None),
@@ -66,9 +65,18 @@ STEP_VARIANTS = {
 }
 
 
+def step_impl(variant: dict):
+    """The learning.head.HeadImpl of one STEP_VARIANTS entry."""
+    from milpf_jax.learning.head import HeadImpl
+
+    return HeadImpl(hand_written_gradient=variant["hand"], tile_block=variant["block"],
+                    forward_chunk_tiles=variant["forward_chunk"],
+                    backward_chunk_tiles=variant["chunk"])
+
+
 @dataclass(frozen=True)
 class BenchConfig:
-    """One benchmark scale. The defaults are issue 6's CPU setting: 2,000 bags, 0-256 tiles
+    """One benchmark scale. The defaults are the CPU setting: 2,000 bags, 0-256 tiles
     per bag, D=1152, two views, 36 runs (seeds x lr 2e-3 x wd 1e-4, the original defaults).
 
     timed_epochs: steady-state epochs timed after the compile and one warm-up epoch (the
@@ -204,126 +212,6 @@ def library_versions(names=("jax", "jaxlib", "torch", "numpy", "optax", "flax", 
 # -- data ------------------------------------------------------------------------------------
 
 
-def _numpy_dtype(name: str):
-    if name == "bfloat16":
-        import ml_dtypes  # a JAX dependency: numpy's own dtypes lack bfloat16
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
-def synthetic_packed(cfg: SyntheticConfig, *, split_seed: int = 0,
-                     dtype: str = "float32") -> PackedBags:
-    """The bags of `write_synthetic_store(path, cfg)` loaded by `load_packed`, without a store.
-
-    Same bags, labels, patient-grouped splits and float16 rounding (the store's disk format),
-    then cast to `dtype` ("float32" or "bfloat16"). For machines without zarr and for cohorts
-    too big to be worth writing. Tiles [N, D] are packed bag after bag.
-    """
-    np_dtype = _numpy_dtype(dtype)
-    threads = 1
-    if cfg.block_bags:  # blocks drawn by threads (numpy releases the GIL while it draws)
-        starts = range(0, cfg.n_bags, cfg.block_bags)
-        threads = max(1, min(len(starts), os.cpu_count() or 1))
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(lambda s: _draw(cfg, s, s + cfg.block_bags), starts))
-    else:
-        parts = [_draw(cfg, 0, cfg.n_bags)]
-    plans, views, tiles, tile_view, boxes = ([x for part in parts for x in part[i]]
-                                             for i in range(5))
-    del parts
-    tile_bag = [np.full(len(t), b, np.int32) for b, t in enumerate(tiles)]
-    raw = np.array([p.raw_label for p in plans])
-    patients = np.array([p.patient_id for p in plans])
-    mapping, table = labels.resolve_mapping(None, "binary")
-    splits = labels.make_splits(patients, raw, np.full(len(plans), -1, np.int8), seed=split_seed)
-    d = cfg.dim
-    return PackedBags(
-        tiles=_concatenate_as(tiles, np_dtype, d, threads),
-        tile_bag=np.concatenate(tile_bag),
-        tile_view=np.concatenate(tile_view).astype(np.int32),
-        tile_boxes=np.concatenate(boxes).astype(np.int32).reshape(-1, 4),
-        views=np.stack(views).astype(np_dtype),
-        views_mask=np.ones((len(plans), cfg.n_views), bool),
-        labels=labels.map_labels(raw, table),
-        splits=splits,
-        bag_ids=np.array([p.bag_id for p in plans]),
-        patient_ids=patients,
-        raw_labels=raw,
-        store_index=np.arange(len(plans), dtype=np.int32),
-        info=dict(mapping=mapping, split_seed=int(split_seed), excluded={}, skipped=0,
-                  store=None, synthetic=dataclasses.asdict(cfg)),
-    )
-
-
-def _draw(cfg: SyntheticConfig, start: int, stop: int) -> tuple[list, ...]:
-    """Bags [start, stop) of the synthetic cohort: plans, views, tiles (float16, the store's disk
-    format: also half the memory of float32 until the one concatenation), tile views, boxes."""
-    plans, views, tiles, tile_view, boxes = [], [], [], [], []
-    for plan, v, t in synthetic_bags(cfg, start, stop):
-        plans.append(plan)
-        views.append(v.astype(np.float16))
-        tiles.append(t.astype(np.float16))
-        tile_view.append(plan.tile_boxes[:, 0])
-        boxes.append(plan.tile_boxes[:, 1:])
-    return plans, views, tiles, tile_view, boxes
-
-
-def _concatenate_as(parts: list, dtype, dim: int, threads: int = 1) -> np.ndarray:
-    """Concatenate [n_i, dim] arrays into one new array of `dtype`, without a temporary; with
-    threads > 1, contiguous runs of parts are copied (and cast) by that many threads."""
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)])
-    out = np.empty((int(offsets[-1]), dim), dtype)
-
-    def copy(run: range) -> None:
-        for i in run:
-            out[offsets[i]:offsets[i + 1]] = parts[i]
-
-    bounds = np.linspace(0, len(parts), max(1, threads) + 1).astype(int)
-    runs = [range(a, b) for a, b in itertools.pairwise(bounds)]
-    if len(runs) == 1:
-        copy(runs[0])
-    else:
-        with ThreadPoolExecutor(len(runs)) as pool:
-            list(pool.map(copy, runs))
-    return out
-
-
-_ARRAY_FIELDS = [f.name for f in dataclasses.fields(PackedBags) if f.name != "info"]
-
-
-def save_packed(packed: PackedBags, folder) -> Path:
-    """Write PackedBags as one .npy per field (+ info.json), for workers to memory-map."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    dtypes = {}
-    for name in _ARRAY_FIELDS:
-        a = np.asarray(getattr(packed, name))
-        dtypes[name] = str(a.dtype) if a.dtype != _numpy_dtype("bfloat16") else "bfloat16"
-        if dtypes[name] == "bfloat16":
-            a = a.view(np.uint16)  # .npy has no bfloat16: store the bits
-        np.save(folder / f"{name}.npy", a, allow_pickle=False)
-    meta = dict(info=packed.info, dtypes=dtypes)
-    (folder / "info.json").write_text(json.dumps(meta, default=str))
-    return folder
-
-
-def open_packed(folder) -> PackedBags:
-    """PackedBags written by `save_packed`; the big arrays are memory-mapped, not read."""
-    folder = Path(folder)
-    meta_path = folder / "info.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: not a folder written by save_packed")
-    meta = json.loads(meta_path.read_text())
-    arrays = {}
-    for name in _ARRAY_FIELDS:
-        a = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-        if meta["dtypes"][name] == "bfloat16":
-            a = a.view(_numpy_dtype("bfloat16"))
-        arrays[name] = a
-    return PackedBags(info=meta["info"], **arrays)
-
-
 def split_shapes(packed: PackedBags) -> dict:
     """Bags and tiles per split, and the padded length the naive layout would need."""
     out = {}
@@ -412,7 +300,7 @@ def pad_bags(packed: PackedBags, *, weights=None, dtype="float32") -> PaddedBatc
     t = max(1, int(counts.max(initial=0)))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     pos = np.arange(n) - starts[packed.tile_bag]
-    np_dtype = _numpy_dtype(dtype)
+    np_dtype = numpy_dtype(dtype)
     tiles = np.zeros((b, t, packed.dim), np_dtype)  # [B, T, D]
     tiles[packed.tile_bag, pos] = packed.tiles
     mask = np.zeros((b, t), bool)
@@ -485,7 +373,7 @@ def padded_epoch_step(state, lr_wd, train: PaddedBatch, val: PaddedBatch,
     import jax
     import optax
 
-    from milpf_jax.evaluation.metrics import auc_jax
+    from milpf_jax.learning.auc import auc_jax
     from milpf_jax.learning.train import adam_l2
 
     params, opt_state = state
@@ -508,7 +396,8 @@ def padded_epoch_step(state, lr_wd, train: PaddedBatch, val: PaddedBatch,
 def torch_head(dim: int, hidden: int = 16, proj: int = 8):
     """The MIL-PF head from the paper's equations in PyTorch, ragged tiles, one run.
 
-    Names and shapes follow the original (see milpf_jax.learning.convert). Call with views [B, V, D],
+    Names and shapes follow the original (see milpf_jax.learning.convert). Call with views
+    [B, V, D],
     views_mask [B, V] bool, tiles [N, D], tile_bag [N] int64, n_bags; returns logits [B].
     """
     import torch
@@ -547,23 +436,13 @@ def torch_head(dim: int, hidden: int = 16, proj: int = 8):
     return OriginalStyleHead()
 
 
-def class_weights(labels_: np.ndarray) -> np.ndarray:
-    """Per-sample weights N / (2 N_c), as `train.class_weights` (which would import JAX)."""
-    y = np.asarray(labels_).astype(int)
-    counts = np.bincount(y, minlength=2)
-    if np.any(counts == 0):
-        raise ValueError(f"the training split has {counts[0]} negative and {counts[1]} positive "
-                         "bags: it needs both classes")
-    return (len(y) / (2.0 * counts))[y].astype(np.float32)
-
-
 def torch_batch(packed: PackedBags, *, weights=None, device="cpu") -> dict:
     """Tensors of a PackedBags for `torch_head`, float32 (what the original code feeds)."""
     import torch
 
     def tensor(a):
         a = np.asarray(a)
-        if a.dtype == _numpy_dtype("bfloat16"):
+        if a.dtype == numpy_dtype("bfloat16"):
             return torch.from_numpy(a.view(np.uint16).copy()).view(torch.bfloat16).to(device)
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 

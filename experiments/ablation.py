@@ -19,9 +19,16 @@ if __name__ == "__main__":  # allocator and XLA settings, before jax loads (milp
     configure_process()
 
 import sys
-import time
 from pathlib import Path
 
+from milpf_jax.cli import command_line, parse_sweep, resolve_store, run, sweep_parser
+from milpf_jax.evaluation.compare import compare_runs, format_comparison, write_comparison
+from milpf_jax.evaluation.runs import recorded_cohort
+from milpf_jax.evaluation.subgroups import subgroup_aucs
+from milpf_jax.paths import default_run_dir
+from milpf_jax.reading.manifest import bag_values
+from milpf_jax.reading.sources import manifest_of
+from milpf_jax.sweep import run_sweep
 
 VARIANTS = {  # name -> (global_pool, local_pool); Table 4 rows
     "full (max, attn)": ("max", "attn"),
@@ -30,35 +37,28 @@ VARIANTS = {  # name -> (global_pool, local_pool); Table 4 rows
 }
 
 
+def lesion_kinds(run_dir) -> dict[str, str]:
+    """bag -> its `lesion_kinds` manifest value, where the run's cohort has such a column."""
+    try:
+        manifest = manifest_of(recorded_cohort(run_dir))
+        return bag_values(manifest, "lesion_kinds") if manifest is not None else {}
+    except ValueError:  # no cohort recorded, or a manifest without that column
+        return {}
+
+
 def main(argv=None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import sweep
-
-    from milpf_jax.cli import command_line, config_from_args
-    from milpf_jax.reading.cohort import bag_values, manifest_of
-    from milpf_jax.evaluation.compare import compare_runs, format_comparison, write_comparison
-    from milpf_jax.sweep import SweepConfig, run_sweep
-    from milpf_jax.evaluation.subgroups import subgroup_aucs
-
-    parser = sweep.build_parser()
-    args = parser.parse_args(argv)
-    store, cohort, encoder = sweep.resolve_store(args, parser)
-    kinds = {}
-    manifest = None if args.store else manifest_of(args.cohort or sweep.DEFAULT_COHORT)
-    if manifest is not None:
-        try:
-            kinds = bag_values(manifest, "lesion_kinds")
-        except ValueError:  # a manifest without that column
-            kinds = {}
+    args, opts, cfg, xcfg = parse_sweep(sweep_parser(__doc__.split("\n\n")[0]), argv)
+    store, cohort, encoder = resolve_store(opts, xcfg)
     command = command_line("experiments/ablation.py", argv)  # each variant's results.json
-    out = Path(args.out or Path("runs") / f"ablation-{cohort}-{encoder}-"
-               f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-    lines, run_dirs = [], []
+    out = Path(opts.out or default_run_dir("ablation", cohort, encoder))
+    lines, run_dirs, kinds = [], [], None
     for name, (gp, lp) in VARIANTS.items():
-        cfg = config_from_args(SweepConfig, args, parser, global_pool=gp, local_pool=lp)
+        head = cfg.train.head.replace(global_pool=gp, local_pool=lp)
+        variant = cfg.replace(train=cfg.train.replace(head=head))
         run_dir = out / name.split(" (")[0].replace(" ", "-")
         run_dirs.append(run_dir)
-        res = run_sweep(store, cfg, run_dir, command=command, progress=not args.quiet)
+        res = run_sweep(store, variant, run_dir, command=command, progress=not opts.quiet)
+        kinds = lesion_kinds(run_dir) if kinds is None else kinds
         best, summ = res["best"]["test"], res["summary"]
         lo, hi = best["auc"]["ci95"] or (float("nan"),) * 2
         sub = {f"{g['value'] or 'unlabelled'} (n={g['positives']})": g["auc"]
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     for name, v, lo, hi, m, s, spec, sub in lines:
         print(f"| {name} | {v:.3f} [{lo:.3f}, {hi:.3f}] | {m:.3f} ± {s:.3f} | {spec:.3f} | "
               + " | ".join(f"{x:.3f}" for x in sub.values()) + " |")
-    if cfg.bootstrap:  # --bootstrap 0 asks for no intervals
-        comparison = compare_runs(run_dirs, n_boot=cfg.bootstrap, command=command)
+    if cfg.eval.bootstrap:  # --bootstrap 0 asks for no intervals
+        comparison = compare_runs(run_dirs, n_boot=cfg.eval.bootstrap, command=command)
         write_comparison(out, comparison)
         print("\nEach head against the full one, paired on the test patients:\n")
         print(format_comparison(comparison))
@@ -82,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

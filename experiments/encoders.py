@@ -8,7 +8,9 @@ same sweep (36 seeds, selected on validation, test read once) on the same patien
 Every encoder after the first is compared with the first on the same test patients (paired
 bootstrap: differences with 95% intervals, Holm-adjusted p-values). `NAME=DIR` loads that
 encoder from a local folder (--model-dir). All training and extraction flags of sweep.py apply
-to every encoder. Writes OUT/<encoder>/ (a run folder each), OUT/comparison.json and .md.
+to every encoder. Writes OUT/<encoder>/ (a run folder each), OUT/comparison.json and .md; an
+encoder whose model is not available is skipped with its reason, and the command ends with
+exit status 1 once the others are done.
 """
 
 from __future__ import annotations
@@ -19,15 +21,29 @@ if __name__ == "__main__":  # allocator and XLA settings, before jax loads (milp
     configure_process()
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
+from milpf_jax.cli import (
+    DEFAULT_COHORT,
+    command_line,
+    parse_sweep,
+    resolve_store,
+    run,
+    sweep_parser,
+)
+from milpf_jax.errors import error_message
+from milpf_jax.evaluation.compare import compare_runs, format_comparison, write_comparison
+from milpf_jax.evaluation.tables import format_table
+from milpf_jax.extraction.encoders import ENCODERS, EncoderUnavailable
+from milpf_jax.paths import default_run_dir
+from milpf_jax.sweep import run_sweep
+
 
 def encoder_list(text: str) -> tuple[tuple[str, str | None], ...]:
     """'a,b=DIR' -> (('a', None), ('b', 'DIR')): registry names, each with an optional folder."""
-    from milpf_jax.extraction.encoders import ENCODERS
-
     out = []
     for item in (x.strip() for x in text.split(",")):
         if not item:
@@ -44,54 +60,48 @@ def encoder_list(text: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(out)
 
 
-def main(argv=None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import sweep
-
-    from milpf_jax.cli import command_line, config_from_args
-    from milpf_jax.evaluation.compare import compare_runs, format_comparison, write_comparison
-    from milpf_jax.extraction.encoders import EncoderUnavailable
-    from milpf_jax.sweep import SweepConfig, format_table, run_sweep
-
-    parser = sweep.build_parser()
-    parser.description = __doc__.split("\n\n")[0]
+def build_parser() -> argparse.ArgumentParser:
+    parser = sweep_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", type=encoder_list, required=True, metavar="A,B[=DIR],...",
                         help="registry names to compare, the first is the reference; NAME=DIR "
                              "loads NAME from a local folder")
-    args = parser.parse_args(argv)
-    if args.store or args.encoder or args.model_dir or args.split_seeds:
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args, opts, cfg, xcfg = parse_sweep(parser, argv)
+    if opts.store or args.encoder or args.model_dir or args.split_seeds or opts.folds:
         parser.error("--encoders replaces --store, --encoder and --model-dir; "
-                     "--split-seeds is not supported here")
-    cfg = config_from_args(SweepConfig, args, parser)
+                     "--split-seeds and --folds are not supported here")
     command = command_line("experiments/encoders.py", argv)
     t0 = time.perf_counter()
-    cohort = args.cohort or sweep.DEFAULT_COHORT
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = Path(args.out or Path("runs") / f"encoders-{Path(cohort.split(':')[0]).stem}-{stamp}")
+    cohort = opts.cohort or DEFAULT_COHORT
+    out = Path(opts.out or default_run_dir("encoders", Path(cohort.split(":")[0]).stem))
     run_dirs, unavailable = [], []
     for name, folder in args.encoders:
-        args.encoder, args.model_dir = name, folder
         try:
-            store, _, _ = sweep.resolve_store(args, parser)
+            store, _, _ = resolve_store(opts, dataclasses.replace(xcfg, encoder=name,
+                                                                  model_dir=folder))
         except EncoderUnavailable as err:  # offline, gated, not downloaded: go on with the rest
-            print(f"{name}: skipped: {err}", file=sys.stderr, flush=True)
+            print(f"{name}: skipped: {error_message(err)}", file=sys.stderr, flush=True)
             unavailable.append(name)
             continue
         run_dirs.append(out / name)
-        results = run_sweep(store, cfg, run_dirs[-1], command=command, progress=not args.quiet)
+        results = run_sweep(store, cfg, run_dirs[-1], command=command, progress=not opts.quiet)
         print(f"{name}:\n{format_table(results)}\n", flush=True)
-    if len(run_dirs) >= 2 and cfg.bootstrap:
-        comparison = compare_runs(run_dirs, n_boot=cfg.bootstrap, command=command)
+    if len(run_dirs) >= 2 and cfg.eval.bootstrap:
+        comparison = compare_runs(run_dirs, n_boot=cfg.eval.bootstrap, command=command)
         write_comparison(out, comparison)
         print(format_comparison(comparison))
     print(f"\nrun folders (and comparison.json, comparison.md) under {out} "
           f"(total {time.perf_counter() - t0:.0f} s)")
     if unavailable:
-        print(f"not compared, their models unavailable: {', '.join(unavailable)}",
+        print(f"error: not compared, their models unavailable: {', '.join(unavailable)}",
               file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -11,41 +11,56 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from milpf_jax.cli import command_line
-from milpf_jax.sweep import TABLE_METRICS, _fmt_ci, evaluate_external, write_json
+from milpf_jax.cli import add_config_flags, command_line, config_from_args, run
+from milpf_jax.config import option
+from milpf_jax.data.packed import DataConfig
+from milpf_jax.evaluation.metrics import TABLE_METRICS
+from milpf_jax.evaluation.results import EvalConfig
+from milpf_jax.evaluation.tables import fmt_ci
+from milpf_jax.files import write_json
+from milpf_jax.sweep import evaluate_external
+
+
+@dataclass(frozen=True)
+class EvaluateCommand:
+    run: str = option(help="a sweep folder (holds best/ and predictions.csv)")
+    store: str = option(help="the external cohort's embeddings store")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="a sweep folder (holds best/ and predictions.csv)")
-    p.add_argument("--store", required=True, help="the external cohort's embeddings store")
-    p.add_argument("--mapping", help="label mapping (default: the one the run trained with)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--allow-partial", action="store_true", help="skip unfinished bags")
+    add_config_flags(p, EvaluateCommand)
+    add_config_flags(p, DataConfig, only=("mapping", "allow_partial"), switches=("allow_partial",),
+                     help=dict(mapping="label mapping (default: the one the run trained with)"))
+    add_config_flags(p, EvalConfig)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    opts = config_from_args(EvaluateCommand, args, parser)
+    data = config_from_args(DataConfig, args, parser)
+    ev = config_from_args(EvalConfig, args, parser)
     command = command_line("experiments/evaluate.py", argv)
-    out = Path(args.run) / "external" / f"{Path(str(args.store).rstrip('/')).stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    res = evaluate_external(args.run, args.store, mapping=args.mapping, n_boot=args.bootstrap,
-                            allow_partial=args.allow_partial, command=command,
+    out = Path(opts.run) / "external" / f"{Path(str(opts.store).rstrip('/')).stem}.json"
+    res = evaluate_external(opts.run, opts.store, mapping=data.mapping, n_boot=ev.bootstrap,
+                            allow_partial=data.allow_partial, command=command,
                             predictions_path=out.with_suffix(".predictions.csv"))
     write_json(out, res)
-    print(f"external test on {args.store}: {res['data']['bags']} bags, "
+    print(f"external test on {opts.store}: {res['data']['bags']} bags, "
           f"{res['data']['positives']} positive")
     for k in TABLE_METRICS:
-        print(f"  {k:<24} {_fmt_ci(res['test'][k])}")
+        print(f"  {k:<24} {fmt_ci(res['test'][k])}")
     if res["test_exam"]:
         n = int(res["test_exam"]["n"]["value"])
-        print(f"  {'auc, exam level':<24} {_fmt_ci(res['test_exam']['auc'])}  ({n} exams)")
+        print(f"  {'auc, exam level':<24} {fmt_ci(res['test_exam']['auc'])}  ({n} exams)")
     print(f"wrote {out} and {out.with_suffix('.predictions.csv').name} (every bag's p)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -6,7 +6,7 @@
 The label sheet is keyed by `accession_number` or `study_instance_uid`, has `birads` (0-6,
 4A-4C) or `label` (0/1), and optionally `laterality` (breast-level labels) and `split`. The
 manifest gets one row per image (path, patient_id, exam_id, laterality, view, label, ...) and is
-read back and validated before this prints its counts. See `milpf_jax.reading.cohort`.
+read back and validated before this prints its counts. See `milpf_jax.reading.dicom_manifest`.
 
     python experiments/manifest.py ... --pseudonymize private/cohort.key
 
@@ -23,47 +23,61 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections import Counter
+from dataclasses import dataclass
 
-from milpf_jax.reading.cohort import manifest_from_dicoms, read_or_create_key
+from milpf_jax.cli import add_config_flags, config_from_args, run
+from milpf_jax.config import check, option
+from milpf_jax.reading.dicom_manifest import manifest_from_dicoms
+from milpf_jax.reading.pseudonym import read_or_create_key
+
+
+@dataclass(frozen=True)
+class ManifestCommand:
+    dicom_dir: str = option(help="folder searched recursively")
+    labels: str = option(help="label sheet CSV")
+    out: str = option(help="manifest CSV to write")
+    pseudonymize: str | None = option(
+        None, "replace patient/exam ids and image paths by keyed hashes; KEYFILE is created "
+              "(mode 600) if missing. Keep it private and outside any store or run folder",
+        metavar="KEYFILE")
+
+    def __post_init__(self):
+        key = self.pseudonymize
+        check(self, key is None or os.path.realpath(key) not in map(os.path.realpath,
+                                                                    (self.out, self.labels)),
+              "pseudonymize", "the key file must not be the manifest or the label sheet")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dicom-dir", required=True, help="folder searched recursively")
-    parser.add_argument("--labels", required=True, help="label sheet CSV")
-    parser.add_argument("--out", required=True, help="manifest CSV to write")
-    parser.add_argument(
-        "--pseudonymize",
-        metavar="KEYFILE",
-        help="replace patient/exam ids and image paths by keyed hashes; KEYFILE is created "
-        "(mode 600) if missing. Keep it private and outside any store or run folder",
-    )
+    add_config_flags(parser, ManifestCommand)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    opts = config_from_args(ManifestCommand, parser.parse_args(argv), parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     key = None
-    if args.pseudonymize:
-        if os.path.realpath(args.pseudonymize) in map(os.path.realpath, (args.out, args.labels)):
-            raise SystemExit("--pseudonymize: the key file must not be the manifest or labels")
-        key, created = read_or_create_key(args.pseudonymize)
+    if opts.pseudonymize:
+        key, created = read_or_create_key(opts.pseudonymize)
         verb = "created a new" if created else "read the"
         print(
-            f"{verb} pseudonymisation key {args.pseudonymize}: keep it private, outside any "
+            f"{verb} pseudonymisation key {opts.pseudonymize}: keep it private, outside any "
             "store or run folder; the same key gives the same ids next time"
         )
-    cohort = manifest_from_dicoms(args.dicom_dir, args.labels, args.out, key=key)
+    cohort = manifest_from_dicoms(opts.dicom_dir, opts.labels, opts.out, key=key)
     n_images = sum(len(b.images) for b in cohort.bags)
     n_patients = len({b.patient_id for b in cohort.bags})
     labels = dict(sorted(Counter(b.raw_label for b in cohort.bags).items()))
     print(
-        f"wrote {args.out}: {n_images} images, {len(cohort.bags)} bags, {n_patients} patients; "
+        f"wrote {opts.out}: {n_images} images, {len(cohort.bags)} bags, {n_patients} patients; "
         f"bags per {cohort.label_kind} label: {labels}"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -13,44 +13,55 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from milpf_jax.cli import command_line
+from milpf_jax.cli import add_config_flags, command_line, config_from_args, run
+from milpf_jax.config import option
+from milpf_jax.errors import error_message
+from milpf_jax.evaluation.results import EvalConfig
+from milpf_jax.evaluation.runs import recorded_cohort
+from milpf_jax.evaluation.subgroups import format_subgroups, subgroup_aucs
+from milpf_jax.files import write_json
+from milpf_jax.reading.manifest import bag_values
+from milpf_jax.reading.sources import manifest_of
+
+
+@dataclass(frozen=True)
+class SubgroupsCommand:
+    run: str = option(help="a finished sweep folder")
+    by: str = option(help="manifest column(s) to split the test bags by",
+                     metavar="COLUMN[,COLUMN...]")
+    manifest: str | None = option(None, "the cohort's manifest CSV (default: the run's "
+                                         "cohort's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a finished sweep folder")
-    p.add_argument("--by", required=True, metavar="COLUMN[,COLUMN...]",
-                   help="manifest column(s) to split the test bags by")
-    p.add_argument("--manifest", help="the cohort's manifest CSV (default: the run's cohort's)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    add_config_flags(p, SubgroupsCommand)
+    add_config_flags(p, EvalConfig)
     return p
 
 
 def main(argv=None) -> int:
-    from milpf_jax.reading.cohort import bag_values, manifest_of
-    from milpf_jax.sweep import write_json
-    from milpf_jax.explanation.explain import run_cohort_spec
-    from milpf_jax.evaluation.subgroups import format_subgroups, subgroup_aucs
-
-    args = build_parser().parse_args(argv)
-    try:
-        manifest = args.manifest or manifest_of(run_cohort_spec(args.run))
-    except ValueError as err:
-        print(f"error: {err}; here, pass --manifest CSV", file=sys.stderr)
-        return 2
-    try:
-        if manifest is None:
-            raise ValueError(f"{args.run}: its cohort has no manifest; pass --manifest")
-        results = [subgroup_aucs(args.run, bag_values(manifest, column.strip()),
-                                 column=column.strip(), n_boot=args.bootstrap)
-                   for column in args.by.split(",") if column.strip()]
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.run) / "subgroups.json"
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    opts = config_from_args(SubgroupsCommand, args, parser)
+    ev = config_from_args(EvalConfig, args, parser)
+    if opts.manifest:
+        manifest = opts.manifest
+    else:
+        try:
+            manifest = manifest_of(recorded_cohort(opts.run))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{error_message(err)}; pass --manifest CSV") from None
+    if manifest is None:
+        raise ValueError(f"{opts.run}: its cohort is read without a manifest; pass --manifest")
+    results = [subgroup_aucs(opts.run, bag_values(manifest, column.strip()),
+                             column=column.strip(), n_boot=ev.bootstrap)
+               for column in opts.by.split(",") if column.strip()]
+    out = Path(opts.run) / "subgroups.json"
     write_json(out, dict(command=command_line("experiments/subgroups.py", argv),
                          manifest=str(manifest), subgroups=results))
     for r in results:
@@ -60,4 +71,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -1,10 +1,11 @@
 """Process settings that must precede the process (or jax's import) for fast CPU training.
 
-Measured in benchmarks/benchmark.py ("process settings" table): on a 2-core CPU, XLA frees and
-re-allocates hundreds of MB per training step, and page faults ate a large share of the step;
-glibc's allocator keeps that memory with the settings below. glibc reads GLIBC_TUNABLES only at
-process start, so `configure_process()` re-executes the script once with it set. XLA aborts on an
-unknown flag, so the XLA flag is probed once per jaxlib version (in a subprocess) before use.
+XLA:CPU frees and re-allocates hundreds of MB per training step, and page faults can eat a
+large share of the step; glibc's allocator keeps that memory with the settings below (the
+README's performance section measures them: benchmarks/benchmark.py, "process settings").
+glibc reads GLIBC_TUNABLES only at process start, so `configure_process()` re-executes the
+script once with it set. XLA aborts on an unknown flag, so the XLA flag is probed once per jaxlib
+version (in a subprocess) before use.
 
 Call it first thing in an entry point, before anything imports jax:
 
@@ -24,6 +25,9 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from milpf_jax.files import write_text
+from milpf_jax.paths import cache_root
+
 GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                   "glibc.malloc.trim_threshold=68719476736")
 # Stops XLA:CPU's YNNPACK fusions from materialising broadcasts in reductions.
@@ -32,8 +36,7 @@ _MARK = "MILPF_TUNED"
 
 
 def _cache_file() -> Path:
-    root = Path(os.environ.get("MILPF_CACHE", Path.home() / ".cache" / "milpf-jax"))
-    return root / "xla_flags.json"
+    return cache_root() / "xla_flags.json"
 
 
 def _jaxlib_version() -> str | None:
@@ -65,9 +68,7 @@ def supported_xla_flags(flags=XLA_CPU_FLAGS) -> list[str]:
         known[key] = ok
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(known))
-            os.replace(tmp, cache)
+            write_text(cache, json.dumps(known))
         except OSError:
             pass  # a read-only home only costs a probe next time
     return known[key]
@@ -94,11 +95,9 @@ def configure_process() -> None:
 
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AMX or AVX512-BF16).
-
-    Measured on a 2-core AMD EPYC with avx512_bf16 and no AMX: EfficientNet-Lite0, batch 32 at
-    224 px, channels-last, went from about 35 to 88 tiles/s under bf16 autocast; AMX CPUs gain
-    more. Without either flag, bf16 is emulated and slower than float32.
+    """True when the CPU computes bf16 natively (AMX or AVX512-BF16): there bf16 autocast
+    speeds the encoders up (README, "Performance"); without either flag bf16 is emulated and
+    slower than float32.
     """
     try:
         with open("/proc/cpuinfo") as f:

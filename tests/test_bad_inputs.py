@@ -1,4 +1,4 @@
-"""A catalogue of bad inputs (issue 7, "Reliability"): one test per entry of the README table
+"""A catalogue of bad inputs: one test per entry of the README table
 "What happens with bad input".
 
 Each bad input is built for real (DICOMs written with pydicom, PNGs with Pillow, stores with
@@ -19,24 +19,30 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom.sequence import Sequence
-from test_extract import StandIn, breast, cfg, expected_bag, install_standin, standin_spec
-from test_extract import write_png as write_breast_png
-from test_imaging import _voi_lut_item, stored_breast, write_dicom
 
-from milpf_jax.reading.tiling import EmptyViewWarning
-from milpf_jax.reading.cohort import manifest_from_dicoms, read_manifest
-from milpf_jax.sweep import SweepConfig, run_sweep
-from milpf_jax.extraction.extract import extract, tiling_config
+from helpers.dicoms import stored_breast, write_dicom
+from helpers.dicoms import voi_lut_item as _voi_lut_item
+from helpers.images import textured_breast as breast
+from helpers.images import write_png as write_breast_png
+from helpers.standin import StandIn, expected_bag, install_standin, standin_spec
+from helpers.standin import extract_cfg as cfg
+from milpf_jax.data.labels import make_splits
+from milpf_jax.data.packed import load_packed
+from milpf_jax.data.store import DONE, FAILED, PENDING, BagPlan, Store, StoreMismatch
+from milpf_jax.extraction.config import tiling_config
+from milpf_jax.extraction.extract import extract
 from milpf_jax.extraction.failures import read_failures
 from milpf_jax.learning.head import HeadConfig, init_params
-from milpf_jax.reading.imaging import ImageReadError, read_image
 from milpf_jax.learning.inference import Bag, Head, predict
-from milpf_jax.data.labels import make_splits
-from milpf_jax.data.store import DONE, FAILED, PENDING, BagPlan, Store, StoreMismatch, load_packed
+from milpf_jax.reading.dicom_manifest import manifest_from_dicoms
+from milpf_jax.reading.imaging import ImageReadError, read_image
+from milpf_jax.reading.manifest import read_manifest
+from milpf_jax.reading.tiling import EmptyViewWarning
+from milpf_jax.sweep import SweepConfig, run_sweep
 
 HEADER = ["path", "patient_id", "exam_id", "laterality", "view", "birads"]
 DIM = 8  # the stand-in encoder's D
-SWEEP = SweepConfig(seeds=1, epochs=2, patience=1, bootstrap=0, first_layer_dtype="float32")
+SWEEP = SweepConfig.of(seeds=1, epochs=2, patience=1, bootstrap=0, first_layer_dtype="float32")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fault injection (issue 7): SIGKILL at random moments, and checkpoints corrupted on disk.
+"""Fault injection: SIGKILL at random moments, and checkpoints corrupted on disk.
 
 Extraction. A child process extracts a small phantom cohort (12 bags in 4 store chunks of 3,
 68-85 encoder inputs a bag in batches of 8: about 115 encoder calls) with the coupled stand-in
@@ -33,11 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_extract import _Patch, assert_same_store, cfg, install_standin, read_arrays
 
+from helpers.standin import Patch as _Patch
+from helpers.standin import assert_same_store, install_standin, read_arrays
+from helpers.standin import extract_cfg as cfg
+from milpf_jax.data.store import DONE, Store
 from milpf_jax.extraction.extract import extract
 from milpf_jax.synthetic.phantom import PhantomConfig
-from milpf_jax.data.store import DONE, Store
 
 # JAX, orbax and test_checkpoint are imported inside the checkpoint tests: the extraction
 # children import this file and should start fast.
@@ -251,7 +253,8 @@ def test_ten_sigkills_at_random_moments_each_resume_to_the_same_store(
         phase, done = progress_of(out)
         killed = child.returncode == -signal.SIGKILL
         kills.append({"run": k, "workers": workers, "delay_s": round(delay, 3),
-                      "landed": killed and phase != "finished", "phase": phase, "done": done})  # fmt: skip
+                      "landed": killed and phase != "finished", "phase": phase,
+                      "done": done})
         # A planned store keeps its batches of 8, whatever the rerun asks for.
         again = run_cfg(batch_size=5) if phase == "encoding" else run_cfg()
         result = extract(phantom, again, out, progress=False)
@@ -350,8 +353,7 @@ def test_chains_of_kills_inside_the_stores_own_writes_resume(tmp_path, phantom, 
 
 def two_steps(directory: Path, dim: int):
     """Steps 0 and 1 of a checkpoint (seeds 0 and 1); returns the two heads and metadata."""
-    from test_checkpoint import seeded_params
-
+    from helpers.checkpoints import seeded_params
     from milpf_jax.learning.checkpoint import read_metadata, save_head
     from milpf_jax.learning.head import HeadConfig
     from milpf_jax.learning.inference import Head
@@ -367,8 +369,7 @@ def load_outcome(directory: Path, heads, metadata) -> str:
     """'saved' when the latest step (1) loads exactly as saved, 'older step' when step 0 does
     (step 1 is no longer complete), 'error' for an error naming the directory and step=0, after
     which step 0 loads as saved. Anything else fails the test."""
-    from test_checkpoint import assert_same_params
-
+    from helpers.checkpoints import assert_same_params
     from milpf_jax.learning.checkpoint import load_head, read_metadata
 
     try:
@@ -442,8 +443,8 @@ def test_each_file_of_a_step_deleted_truncated_or_flipped(tmp_path, corruptions)
 
 def test_other_orbax_checkpoints_are_refused_and_left_alone(tmp_path):
     import orbax.checkpoint as ocp
-    from test_checkpoint import assert_same_params, seeded_params
 
+    from helpers.checkpoints import assert_same_params, seeded_params
     from milpf_jax.learning.checkpoint import load_head, read_metadata, save_head
     from milpf_jax.learning.head import HeadConfig
     from milpf_jax.learning.inference import Head
@@ -489,22 +490,21 @@ def test_other_orbax_checkpoints_are_refused_and_left_alone(tmp_path):
 def test_ten_sigkills_during_saves_leave_the_last_good_checkpoint(tmp_path):
     """A saver of large heads (D=100000, 12.8 MB) in a loop, SIGKILLed ten times at a random
     moment of a save: a delay, drawn over the measured length of one save, after orbax's tmp
-    folder of the next save appears. Landed mid-save: a tmp folder is left, or the kill came after the rename
-    (the newest step is one the saver had not reported yet), or while an old step was deleted
-    (more than two steps). After each kill the newest two steps load exactly as saved (a third,
-    older one being deleted may be broken, and then says so), the newest is no older than the
-    last save reported done, and the next saver goes on in that directory.
+    folder of the next save appears. Landed mid-save: a tmp folder is left, or the kill came after
+    the rename (the newest step is one the saver had not reported yet), or while an old step was
+    deleted (more than two steps). After each kill the newest two steps load exactly as saved (a
+    third, older one being deleted may be broken, and then says so), the newest is no older than
+    the last save reported done, and the next saver goes on in that directory.
     """
     import inspect
 
-    from test_checkpoint import (
+    from helpers.checkpoints import (
         SAVER,
         TMP_MARK,
         assert_same_params,
         seeded_params,
         wait_for_unfinished_save,
     )
-
     from milpf_jax.learning.checkpoint import MAX_TO_KEEP, load_head, read_metadata, save_head
     from milpf_jax.learning.head import HeadConfig
     from milpf_jax.learning.inference import Head

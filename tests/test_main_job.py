@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import milpf_jax
-
-from conftest import load_script
+from helpers.repo import load_script
 
 SPEC = "phantom:n_patients=24,rows=256,cols=208,pixel_spacing_mm=0.8"
 GOLDEN_FILE = Path(__file__).resolve().parent / "golden" / "small_phantom_sweep.json"
@@ -38,7 +37,11 @@ def test_main_job_writes_results_from_real_dicoms(main_job):
     assert sum(res["data"]["bags"].values()) + sum(res["data"]["excluded_by_mapping"].values()) \
         == 48
     assert set(res["data"]["excluded_by_mapping"]) <= {"2", "3"}
-    assert len(res["runs"]) == 4 and res["best"]["test"]["auc"]["value"] >= 0
+    assert len(res["runs"]) == 4
+    # 9 test bags: the best-validation run's test AUC over split seeds 0-4 was 0.75, 0.70, 0.70,
+    # 0.40, 0.75 (observed minimum 0.40, split seed 3); this run is split seed 0.
+    assert res["best"]["test"]["auc"]["value"] >= 0.4
+    assert res["cohort"] == SPEC and attrs["cohort_spec"] == SPEC
     head = milpf_jax.load_head(root / "run" / "best")
     assert head.dim == 1280
     store = milpf_jax.Store.open(res["store"])
@@ -100,9 +103,8 @@ def test_encoder_comparison_sweeps_each_encoder_and_pairs_them(main_job, tmp_pat
                                                               capsys):
     """experiments/encoders.py: the main job's store (reused), a tiny random DINOv2 from a local
     folder (extracted here), and a hub model that is unavailable offline (skipped, exit 2)."""
-    from test_encoders import save_tiny_dinov2, tiny_spec
-
     import milpf_jax.extraction.encoders as encoders
+    from helpers.encoders import save_tiny_dinov2, tiny_spec
 
     root, _, args = main_job
     monkeypatch.setattr(encoders, "ENCODERS", dict(encoders.ENCODERS))
@@ -112,7 +114,7 @@ def test_encoder_comparison_sweeps_each_encoder_and_pairs_them(main_job, tmp_pat
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     out = tmp_path / "encoders"
     listed = f"efficientnet-lite0,tiny-dinov2={tmp_path / 'tiny'},dinov2-small"
-    assert load_script("encoders").main(args + ["--encoders", listed, "--out", str(out)]) == 2
+    assert load_script("encoders").main(args + ["--encoders", listed, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "dinov2-small: skipped" in err and "facebook/dinov2-small" in err
 
@@ -148,7 +150,19 @@ def test_ablation_three_heads_compared_and_split_by_lesion_kind(main_job, tmp_pa
     header = next(line for line in printed.splitlines() if line.startswith("| head |"))
     assert "AUC mass (n=" in header  # lesion_kinds of the phantom's manifest
     assert "| global-only |" in printed and (out / "comparison.md").is_file()
-    # Each variant's results.json holds the command that reproduces it, so its cohort is known.
-    from milpf_jax.explanation.explain import run_cohort_spec
+    # Each variant's results.json records the cohort it was trained on.
+    from milpf_jax.evaluation.runs import recorded_cohort
 
-    assert run_cohort_spec(out / "local-only") == SPEC
+    assert recorded_cohort(out / "local-only") == SPEC
+
+
+@pytest.mark.slow
+def test_the_full_main_job_finds_the_phantoms_lesions(tmp_path, monkeypatch):
+    """README command 1 as it is (the default phantom, 36 seeds, 700 epochs at most): the
+    best-validation run's test AUC is at least 0.95 (the README reports 0.986)."""
+    monkeypatch.setenv("MILPF_CACHE", str(tmp_path / "cache"))
+    assert load_script("sweep").main(["--quiet", "--out", str(tmp_path / "run")]) == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["cohort"] == "phantom" and len(res["runs"]) == 36
+    assert res["data"]["bags"]["test"] >= 100
+    assert res["best"]["test"]["auc"]["value"] >= 0.95

@@ -1,4 +1,4 @@
-"""Privacy (issue 7, part 6): stores, failure lists and run folders hold only the ids the manifest
+"""Privacy: stores, failure lists and run folders hold only the ids the manifest
 gives, never DICOM header fields; `experiments/manifest.py --pseudonymize KEYFILE` replaces
 patient ids, exam ids and paths with keyed hashes and keeps the key outside the store.
 
@@ -26,22 +26,19 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from test_extract import breast, install_standin
-from test_extract import cfg as extract_cfg
 
-from milpf_jax.reading.cohort import (
-    manifest_from_dicoms,
-    pseudonym,
-    read_manifest,
-    read_or_create_key,
-)
-from milpf_jax.sweep import SweepConfig, run_sweep
-from milpf_jax.extraction.extract import extract, image_locations
-from milpf_jax.extraction.failures import read_failures
+from helpers.dicoms import write_dicom
+from helpers.images import textured_breast as breast
+from helpers.repo import load_script
+from helpers.standin import extract_cfg, install_standin
 from milpf_jax.data.store import DONE, FAILED, Store, StoreMismatch
-
-from conftest import load_script
-from test_imaging import write_dicom
+from milpf_jax.extraction.encode import image_locations
+from milpf_jax.extraction.extract import extract
+from milpf_jax.extraction.failures import read_failures
+from milpf_jax.reading.dicom_manifest import manifest_from_dicoms
+from milpf_jax.reading.manifest import read_manifest
+from milpf_jax.reading.pseudonym import pseudonym, read_or_create_key
+from milpf_jax.sweep import SweepConfig, run_sweep
 
 N_WOMEN = 8
 HASHED_BAG = re.compile(r"P-[0-9a-f]{16}/E-[0-9a-f]{16}/[LR]")
@@ -217,9 +214,11 @@ def test_pseudonymize_cli_creates_a_private_key_and_a_manifest_without_header_va
         w["AccessionNumber"] not in ",".join(r[k] for r in rows for k in r if k != "path")
         for w in c["people"]
     )
-    # The key file is never the manifest or the label sheet.
-    with pytest.raises(SystemExit, match="key file must not be"):
+    # The key file is never the manifest or the label sheet: a usage error, nothing written.
+    with pytest.raises(SystemExit) as usage:
         cli.main(argv[:-1] + [str(out)])
+    assert usage.value.code == 2
+    assert "--pseudonymize: the key file must not be the manifest" in capsys.readouterr().err
 
 
 def test_store_failures_and_run_folder_hold_no_header_value(cohort, tmp_path, monkeypatch):
@@ -304,7 +303,7 @@ def test_store_failures_and_run_folder_hold_no_header_value(cohort, tmp_path, mo
     assert late_ref in failures[late_ref]["reason"]  # the path in the message became the ref
 
     run = tmp_path / "run"
-    sweep = SweepConfig(seeds=2, epochs=4, patience=4, bootstrap=20, allow_partial=True)
+    sweep = SweepConfig.of(seeds=2, epochs=4, patience=4, bootstrap=20, allow_partial=True)
     run_sweep(out, sweep, run, command="sweep privacy test", progress=False)
     with open(run / "predictions.csv", newline="") as f:
         predictions = list(csv.DictReader(f))

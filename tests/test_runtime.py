@@ -30,8 +30,8 @@ def test_entry_point_reexecs_once_with_settings(tmp_path):
     assert out[2] == "--a b c"  # arguments survive the re-exec
     assert (tmp_path / "cache" / "xla_flags.json").exists()  # the probe is cached
     env["MILPF_NO_TUNING"] = "1"
-    out = subprocess.run([sys.executable, str(script), "x"], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip().split(" | ")
+    out = subprocess.run([sys.executable, str(script), "x"], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip().split(" | ")
     assert out[:2] == ["-", "-"]
 
 

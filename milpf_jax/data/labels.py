@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from milpf_jax.config import parse_k_of_n
+
 SPLIT_NAMES = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
 VAL_FRACTION = 0.1  # of all patients, in the 70/10/20 split and in every fold of a k-fold split
@@ -135,17 +137,9 @@ def make_splits(
     return split
 
 
-
 def parse_fold(text: str) -> tuple[int, int]:
     """'k/n' -> (k, n): fold k (0-based) of an n-fold cross-validation, 0 <= k < n, n >= 3."""
-    k, _, n = str(text).partition("/")
-    try:
-        k, n = int(k), int(n)
-    except ValueError:
-        k, n = -1, 0
-    if not (n >= 3 and 0 <= k < n):
-        raise ValueError(f"fold {text!r}: expected k/n with 0 <= k < n and n >= 3, e.g. 0/5")
-    return k, n
+    return parse_k_of_n(text, "fold", min_n=3, example="0/5")
 
 
 def make_folds(
@@ -182,3 +176,15 @@ def make_folds(
     code[rest] = np.where(inner == 1, VAL, TRAIN)
     by_patient = dict(zip(patients, code))
     return np.array([by_patient[str(p)] for p in patient_ids], dtype=np.int8)
+
+
+def class_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-sample weights N / (2 N_c) from the training labels (original code)."""
+    labels = np.asarray(labels).astype(int)
+    n = len(labels)
+    counts = np.bincount(labels, minlength=2)
+    if np.any(counts == 0):
+        raise ValueError(f"the training split has {counts[0]} negative and {counts[1]} positive "
+                         "bags: it needs both classes")
+    return (n / (2.0 * counts))[labels].astype(np.float32)
+

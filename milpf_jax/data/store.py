@@ -1,6 +1,6 @@
-"""The embeddings store (Zarr v3): plan once, fill resumably, load packed.
+"""The embeddings store (Zarr v3): its schema and whole lifecycle: plan once, fill resumably.
 
-Schema (DESIGN.md, "Embeddings store"), bag axis first:
+Schema (DESIGN.md, "Embeddings store"), format version 2, bag axis first:
 
   global      [B, Vmax, D] float16   one embedding per view
   global_mask [B, Vmax]    bool
@@ -9,13 +9,23 @@ Schema (DESIGN.md, "Embeddings store"), bag axis first:
   tile_boxes  [B, Tmax, 5] int32     view index, y0, x0, y1, x1 (half-open, source pixels)
   view_path, view_name [B, Vmax] str;  view_flipped [B, Vmax] bool;  view_shape [B, Vmax, 2] int32
   raw_label [B] str;  split_given [B] int8;  bag_id, patient_id [B] str
+  exam_id, laterality [B] str        the bag's exam and breast ("" where a store has none)
   status    [B] int8                 0 pending, 1 done, 2 failed; written last per bag
+
+Attributes: format_version, label_kind, encoder, model_id, dim, preprocessing, cohort (its name)
+and cohort_spec (the spec that reads the cohort again, `milpf_jax.reading.sources`), chunk_bags,
+batch_size, package_version. A version-1 store (no exam_id, laterality) is refused with the
+command that upgrades it in place: `python -m milpf_jax.data.upgrade STORE`.
 
 A plan pass (`Store.create`) fixes every shape, id, view, box and mask before any encoding;
 encoding workers then fill embeddings with `write_bag`, which writes `status` last. The bag axis
 is cut into chunks of `chunk_bags` bags (zarr shards, one inner chunk per bag), and
 `shard_range(i, n)` hands each worker whole chunks, so no two writers ever touch one file.
-Labels stay raw: the mapping and the split seed are applied by `load_packed`.
+Labels stay raw: the mapping and the split seed are applied by `milpf_jax.data.packed`.
+
+The lifecycle at the end of this module decides what a path holds before an extraction writes:
+a finished plan to reuse (checked against the settings asked for), a plan that a kill cut short
+(planned again), or something else (refused); shards other than 0 wait for shard 0's plan.
 
 Example:
   >>> store = Store.create("x.zarr", plans, dim=1280, attrs=dict(label_kind="birads", ...))
@@ -26,7 +36,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
+import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,9 +48,10 @@ import numpy as np
 
 from milpf_jax import __version__
 
-from milpf_jax.data import labels
+log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+UPGRADE_COMMAND = "python -m milpf_jax.data.upgrade"
 PENDING, DONE, FAILED = 0, 1, 2
 DEFAULT_CHUNK_BAGS = 64
 # Attributes compared when a caller reopens a store with what it expects: a store made with
@@ -63,6 +78,8 @@ class BagPlan:
     tile_boxes: np.ndarray = dataclasses.field(
         default_factory=lambda: np.zeros((0, 5), np.int32)
     )
+    exam_id: str = ""  # "" where the bags name no exam (synthetic stores)
+    laterality: str = ""  # "L", "R", or ""
 
     @property
     def n_views(self) -> int:
@@ -182,6 +199,8 @@ class Store:
             ("split_given", np.array([b.split_given for b in bags], np.int8), "int8", -1),
             ("bag_id", np.array(ids, dtype=object), str, ""),
             ("patient_id", np.array([b.patient_id for b in bags], dtype=object), str, ""),
+            ("exam_id", np.array([b.exam_id for b in bags], dtype=object), str, ""),
+            ("laterality", np.array([b.laterality for b in bags], dtype=object), str, ""),
             ("status", np.zeros(n, np.int8), "int8", PENDING),
         ]:
             a = array(name, value.shape, dtype, fill)
@@ -209,6 +228,12 @@ class Store:
         attrs = dict(g.attrs)
         if attrs.get("format_version") is None:
             raise ValueError(f"{path} is a zarr group but not a milpf-jax embeddings store")
+        if attrs["format_version"] == 1:
+            raise ValueError(
+                f"store {path} has format version 1, this milpf-jax reads version "
+                f"{FORMAT_VERSION} (which records each bag's exam and laterality): upgrade it in "
+                f"place with `{UPGRADE_COMMAND} {path}`"
+            )
         if attrs["format_version"] != FORMAT_VERSION:
             raise ValueError(
                 f"store {path} has format version {attrs['format_version']}, this milpf-jax "
@@ -314,202 +339,99 @@ class Store:
         self._g["status"][b] = FAILED
 
 
-# Rows converted per step when tiles change dtype on a copy: no full-size temporary is made.
-COPY_ROWS = 1 << 16
+# -- lifecycle: a store found, planned again, or waited for --------------------------------
+
+PLAN_WAIT_S = 3600.0  # how long shards other than 0 wait for shard 0's plan
+# The arrays Store.create makes, in order: a zarr group holding only some of them and no
+# attributes is a plan that was killed, which may be planned again; anything else is refused.
+STORE_ARRAYS = frozenset({
+    "global", "tiles", "global_mask", "tiles_mask", "tile_boxes", "view_path", "view_name",
+    "view_flipped", "view_shape", "raw_label", "split_given", "bag_id", "patient_id", "exam_id",
+    "laterality", "status",
+})  # fmt: skip
 
 
-@dataclass(frozen=True)
-class PackedBags:
-    """Bags ready for training: real tiles only, packed along one axis.
+def plan_leftovers(folder: str) -> bool:
+    """Whether a folder that is no zarr group holds only what a SIGKILLed `Store.create` leaves:
+    zarr's temporary `zarr.<hex>.partial` of the group's metadata (killed while writing it) and
+    store arrays, whole or half-deleted (killed while clearing an earlier interrupted plan)."""
 
-    tiles [N, D], tile_bag [N] (index into the B bags, non-decreasing), tile_view [N],
-    tile_boxes [N, 4] (y0, x0, y1, x1 source pixels); views [B, Vmax, D], views_mask [B, Vmax];
-    labels [B] int8 (0/1), splits [B] int8 (0 train, 1 val, 2 test); bag_ids, patient_ids,
-    raw_labels [B] str; store_index [B] (row in the store). `info` records the mapping,
-    split seed, excluded and skipped counts, and the store's attributes.
-    """
+    def partial(name):  # zarr writes `<key stem>.<uuid4 hex>.partial`, then renames it
+        return re.fullmatch(r"zarr\.[0-9a-f]{32}\.partial", name) is not None
 
-    tiles: np.ndarray
-    tile_bag: np.ndarray
-    tile_view: np.ndarray
-    tile_boxes: np.ndarray
-    views: np.ndarray
-    views_mask: np.ndarray
-    labels: np.ndarray
-    splits: np.ndarray
-    bag_ids: np.ndarray
-    patient_ids: np.ndarray
-    raw_labels: np.ndarray
-    store_index: np.ndarray
-    info: dict = dataclasses.field(default_factory=dict)
+    try:
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if partial(name) and os.path.isfile(path):
+                continue
+            if name not in STORE_ARRAYS or not os.path.isdir(path):
+                return False
+            if not all(n in ("zarr.json", "c") or partial(n) for n in os.listdir(path)):
+                return False
+    except FileNotFoundError:  # removed meanwhile (shard 0 is clearing it): nothing is there
+        return True
+    return True
 
-    @property
-    def n_bags(self) -> int:
-        return len(self.labels)
 
-    @property
-    def dim(self) -> int:
-        return self.views.shape[-1]
+def existing_store(out, expect: dict, cohort_id: str) -> Store | None:
+    """The planned store at `out`, checked against the settings; None when there is none yet or
+    its plan was cut short (then it is planned again). Anything else at `out` is refused."""
+    import zarr
 
-    def tiles_per_bag(self) -> np.ndarray:
-        return np.bincount(self.tile_bag, minlength=self.n_bags)
-
-    def subset(self, bags: np.ndarray, *, tiles_dtype=None) -> PackedBags:
-        """The bags selected by a boolean mask or sorted indices, tiles re-indexed to match.
-
-        tiles_dtype: the subset's tiles in this dtype (default: as they are), copied a slice
-        at a time, so no full-size copy in the wider dtype is made on the way.
-        """
-        idx = np.flatnonzero(bags) if np.asarray(bags).dtype == bool else np.asarray(bags)
-        new_index = np.full(self.n_bags, -1, np.int64)
-        new_index[idx] = np.arange(len(idx))
-        kept = np.flatnonzero(new_index[self.tile_bag] >= 0)
-        # One gather per array (never a masked copy first): the tiles are most of the memory.
-        rows = kept[np.argsort(new_index[self.tile_bag[kept]], kind="stable")]
-
-        def take_tiles(a):
-            return a[rows]
-
-        per_bag = {f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)
-                   if f.name not in ("tiles", "tile_bag", "tile_view", "tile_boxes", "info")}
-        if tiles_dtype is None or np.dtype(tiles_dtype) == self.tiles.dtype:
-            tiles = take_tiles(self.tiles)
-        else:
-            tiles = np.empty((len(rows), self.tiles.shape[1]), tiles_dtype)
-            for i in range(0, len(rows), COPY_ROWS):
-                tiles[i:i + COPY_ROWS] = self.tiles[rows[i:i + COPY_ROWS]]
-        return PackedBags(
-            tiles=tiles,
-            tile_bag=new_index[take_tiles(self.tile_bag)].astype(np.int32),
-            tile_view=take_tiles(self.tile_view),
-            tile_boxes=take_tiles(self.tile_boxes),
-            info=dict(self.info),
-            **per_bag,
+    try:
+        group = zarr.open_group(str(out), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        text = str(out)
+        if (
+            "://" not in text
+            and os.path.exists(text)
+            and (not os.path.isdir(text) or os.listdir(text))
+        ):
+            if plan_leftovers(text):
+                log.warning("%s: its plan pass was interrupted; planning again", out)
+                return None
+            raise ValueError(
+                f"{out} exists and is not a zarr store; choose another store path"
+            ) from None
+        return None
+    attrs = group.attrs.asdict()
+    if not attrs.get("planned"):
+        ours = "format_version" in attrs or (not attrs and set(group.keys()) <= STORE_ARRAYS)
+        if not ours:
+            raise ValueError(f"{out} is a zarr group but not a milpf-jax embeddings store")
+        log.warning("%s: its plan pass was interrupted; planning again", out)
+        return None
+    store = Store.open(out, expect=expect, mode="r+")
+    if attrs.get("cohort_id") != cohort_id:
+        raise StoreMismatch(
+            f"store {out} was made with other settings:\n  cohort_id: stored "
+            f"{attrs.get('cohort_id')!r}, requested {cohort_id!r} (other bags, labels or image "
+            "paths)\nUse another store path, or delete this one to re-extract."
         )
-
-    def split(self, name: str, *, tiles_dtype=None) -> PackedBags:
-        return self.subset(self.splits == labels.SPLIT_NAMES.index(name), tiles_dtype=tiles_dtype)
+    return store
 
 
-def load_packed(
-    store: Store | str,
-    *,
-    mapping: str | None = None,
-    split_seed: int = 0,
-    fold: str | None = None,
-    allow_partial: bool = False,
-    dtype=np.float32,
-) -> PackedBags:
-    """Read a store into packed bags, applying a label mapping and a split seed.
+def wait_for_plan(out, expect, cohort_id, shard, wait_s: float) -> Store:
+    """Shards other than 0 wait for shard 0 to finish the plan."""
+    log.info("shard %d/%d: waiting for shard 0 to plan %s", *shard, out)
+    deadline = time.monotonic() + wait_s
+    while True:
+        store = existing_store(out, expect, cohort_id)
+        if store is not None:
+            return store
+        if time.monotonic() >= deadline:
+            raise ValueError(
+                f"shard {shard[0]}/{shard[1]}: no finished plan at {out} after {wait_s:.0f} s; "
+                "shard 0 plans the store: start it too (or first)"
+            )
+        time.sleep(min(1.0, wait_s))
 
-    Args:
-      store: a Store or a path.
-      mapping: a name in labels.MAPPINGS; default: the one for the store's `label_kind`. Bags
-        whose raw label the mapping leaves out are dropped and counted in info["excluded"].
-      split_seed: seed of the 70/10/20 patient-grouped split (a manifest's split wins). Splits
-        are drawn over every planned bag, so they do not change with the mapping.
-      fold: "k/n": instead, fold k of an n-fold patient-grouped cross-validation drawn with
-        split_seed (`labels.make_folds`): fold k is the test split.
-      allow_partial: if False (default) a store with pending or failed bags is refused; if True
-        those bags are skipped and counted in info["skipped"]. Never read as zeros. Bags that
-        hold NaN or inf (written outside `write_bag`) are refused, named.
-      dtype: the compute dtype embeddings are cast to (the disk format is float16).
-    """
-    if not isinstance(store, Store):
-        store = Store.open(store)
-    attrs = store.attrs
+
+def mark_plan_failures(store: Store, bags: range) -> None:
+    """Bags that failed at planning get status failed (in this shard's chunks only)."""
     status = store.status()
-    bag_ids = store.array("bag_id")
-    not_done = np.flatnonzero(status != DONE)
-    if len(not_done) and not allow_partial:
-        n_fail = int(np.sum(status == FAILED))
-        raise ValueError(
-            f"store {store.path}: {len(not_done)} of {len(status)} bags are not done "
-            f"({len(not_done) - n_fail} pending, {n_fail} failed; e.g. "
-            f"{[str(bag_ids[i]) for i in not_done[:3]]}). Finish the extraction, or pass "
-            "allow_partial=True (--allow-partial) to skip them."
-        )
-    raw = store.array("raw_label")
-    patients = store.array("patient_id")
-    mapping_name, table = labels.resolve_mapping(mapping, attrs["label_kind"])
-    mapped = labels.map_labels(raw, table)
-    if fold is None:
-        splits = labels.make_splits(patients, raw, store.array("split_given"), seed=split_seed)
-    else:
-        k, n = labels.parse_fold(fold)
-        splits = labels.make_folds(patients, raw, store.array("split_given"), fold=k, n_folds=n,
-                                   seed=split_seed)
-    done = status == DONE
-    keep = done & (mapped >= 0)
-    kept = np.flatnonzero(keep)
-    views, views_mask, tiles, tile_bag, tile_view, tile_boxes = _read_kept(store, kept, dtype)
-    info = dict(
-        mapping=mapping_name,
-        split_seed=int(split_seed),
-        fold=fold,
-        excluded=labels.excluded_counts(raw[done], mapped[done]),
-        skipped=int(len(not_done)),
-        store=store.path,
-        attrs=attrs,
-    )
-    return PackedBags(
-        tiles=tiles,
-        tile_bag=tile_bag,
-        tile_view=tile_view,
-        tile_boxes=tile_boxes,
-        views=views,
-        views_mask=views_mask,
-        labels=mapped[kept],
-        splits=splits[kept],
-        bag_ids=bag_ids[kept],
-        patient_ids=patients[kept],
-        raw_labels=raw[kept],
-        store_index=kept.astype(np.int32),
-        info=info,
-    )
+    for key in store.attrs.get("plan_failed", {}):
+        b = int(key)
+        if b in bags and status[b] == PENDING:
+            store.mark_failed(b)
 
-
-def _read_kept(store: Store, kept: np.ndarray, dtype):
-    """Read the kept bags chunk by chunk, packing real tiles as we go (bounded memory)."""
-    g = store._g
-    d = store.dim
-    vmax = g["global"].shape[1]
-    tiles_mask = g["tiles_mask"][...]
-    counts = tiles_mask[kept].sum(axis=1)
-    n = int(counts.sum())
-    tiles = np.empty((n, d), dtype)
-    tile_bag = np.repeat(np.arange(len(kept), dtype=np.int32), counts)
-    tile_view = np.empty(n, np.int32)
-    tile_boxes = np.empty((n, 4), np.int32)
-    views = np.empty((len(kept), vmax, d), dtype)
-    views_mask = g["global_mask"][...][kept]
-    boxes_all = g["tile_boxes"]
-    cb = store.chunk_bags
-    pos = 0
-    row = 0
-    for c0 in range(0, store.n_bags, cb):
-        sel = kept[(kept >= c0) & (kept < c0 + cb)]
-        if not len(sel):
-            continue
-        local = sel - c0
-        chunk_tiles = g["tiles"][c0:c0 + cb][local]  # [b, Tmax, D] float16
-        chunk_views = g["global"][c0:c0 + cb][local]  # [b, Vmax, D] float16
-        chunk_boxes = boxes_all[c0:c0 + cb][local]
-        m = tiles_mask[sel]
-        k = int(m.sum())
-        tiles[pos:pos + k] = chunk_tiles[m]
-        tile_view[pos:pos + k] = chunk_boxes[m][:, 0]
-        tile_boxes[pos:pos + k] = chunk_boxes[m][:, 1:]
-        views[row:row + len(sel)] = chunk_views
-        # write_bag refuses NaN and inf, so these come from writes outside it: never train on
-        # them. Checked on the cast copy (fast for float32).
-        tile_ok = np.isfinite(tiles[pos:pos + k]).all(axis=1)  # [k]
-        view_ok = np.isfinite(views[row:row + len(sel)]).all(axis=(1, 2))  # [b]
-        if not (tile_ok.all() and view_ok.all()):
-            bad = np.union1d(tile_bag[pos:pos + k][~tile_ok], row + np.flatnonzero(~view_ok))
-            ids = [str(i) for i in g["bag_id"][...][kept[bad]]]
-            raise ValueError(f"store {store.path}: bag(s) {ids[:5]} hold NaN or inf embeddings "
-                             "(written outside Store.write_bag?); re-extract them")
-        pos += k
-        row += len(sel)
-    return views, views_mask, tiles, tile_bag, tile_view, tile_boxes

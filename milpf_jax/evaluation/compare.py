@@ -3,7 +3,8 @@
 Runs made on the same cohort with the same split seed and label mapping score the same test
 bags (stores of one cohort made with different encoders included). Each run's best-validation
 head is compared with the reference run's on the test bags both scored, by the paired patient
-bootstrap of `metrics.paired_bootstrap`: the difference of each metric with its 95% interval
+bootstrap of `milpf_jax.evaluation.bootstrap.paired_bootstrap`: the difference of each metric
+with its 95% interval
 and a two-sided p-value, Holm-adjusted over the comparisons. Thresholds stay each run's own,
 fixed on its validation split. Reads only the runs' `predictions.csv`.
 """
@@ -15,17 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from milpf_jax.evaluation import metrics
-from milpf_jax.sweep import (
-    TABLE_METRICS,
-    exams_of,
-    prediction_arrays,
-    read_predictions,
-    write_json,
-)
+from milpf_jax.evaluation.bootstrap import BOOTSTRAP_METRICS, holm, paired_bootstrap
+from milpf_jax.evaluation.metrics import EXAM_METRICS, TABLE_METRICS, Scores
+from milpf_jax.evaluation.results import exams_of
+from milpf_jax.evaluation.runs import prediction_arrays, read_predictions
+from milpf_jax.files import write_json, write_text
 
 COMPARISON_FORMAT_VERSION = 1
-EXAM_METRICS = ("auc", "bacc", "spec_at_sens90_valthr")
 METHOD = (
     "best-validation run of each folder; differences run minus reference on the test bags both "
     "scored; 95% percentile intervals and two-sided p-values from a paired bootstrap over "
@@ -45,8 +42,8 @@ class RunPredictions:
     def read(cls, run_dir, name: str | None = None) -> RunPredictions:
         return cls(name or Path(run_dir).name, read_predictions(run_dir))
 
-    def split(self, name: str, bags=None) -> tuple[np.ndarray, ...]:
-        """(bag_ids, labels, p_best, patient_ids) of a split's bags, in the order of `bags`."""
+    def split(self, name: str, bags=None) -> Scores:
+        """The Scores of a split's bags, in the order of `bags`."""
         bags = [b for b, r in self.rows.items() if r["split"] == name] if bags is None else bags
         return prediction_arrays([self.rows[b] for b in bags])
 
@@ -66,30 +63,32 @@ def _check_same_bags(ref: RunPredictions, other: RunPredictions) -> None:
 
 def _paired(ref: RunPredictions, other: RunPredictions, *, n_boot: int, seed: int) -> dict:
     _check_same_bags(ref, other)
-    test_ref, test_other = ref.split("test")[0], other.split("test")[0]
+    test_ref, test_other = ref.split("test").ids, other.split("test").ids
     common = sorted(set(test_ref) & set(test_other))
     if not common:
         raise ValueError(f"runs {ref.name} and {other.name} share no test bag")
-    ids, y, p_ref, patients = ref.split("test", common)
-    _, _, p_other, _ = other.split("test", common)
+    t_ref, t_other = ref.split("test", common), other.split("test", common)
+    y, patients = t_ref.labels, t_ref.patients
     if len(np.unique(y)) < 2:
         raise ValueError(f"the {len(common)} test bags runs {ref.name} and {other.name} share "
                          "hold one class only: no AUC to compare")
     val_ref, val_other = ref.split("val"), other.split("val")
-    fns = {k: metrics.BOOTSTRAP_METRICS[k] for k in TABLE_METRICS}
-    bag_level = metrics.paired_bootstrap(
-        y, p_other, p_ref, patients, fns, val_a=val_other[1:3], val_b=val_ref[1:3],
-        n_boot=n_boot, seed=seed)
+    fns = {k: BOOTSTRAP_METRICS[k] for k in TABLE_METRICS}
+    bag_level = paired_bootstrap(
+        y, t_other.p, t_ref.p, patients, fns, val_a=(val_other.labels, val_other.p),
+        val_b=(val_ref.labels, val_ref.p), n_boot=n_boot, seed=seed)
     out = dict(run=other.name, reference=ref.name, test_bags=len(common),
                positives=int(y.sum()), patients=len(set(patients)),
                only_in_reference=len(set(test_ref) - set(common)),
                only_in_run=len(set(test_other) - set(common)), metrics=bag_level, exam=None)
-    exams = exams_of((ids, y, p_other, patients), (ids, y, p_ref, patients), val_other, val_ref)
+    exams = exams_of(t_other, t_ref, val_other, val_ref)
     if exams is not None:
-        (_, ye, pe_other, pat_e), (_, _, pe_ref, _), exam_val_other, exam_val_ref = exams
-        out["exam"] = dict(test_exams=len(ye), metrics=metrics.paired_bootstrap(
-            ye, pe_other, pe_ref, pat_e, {k: metrics.BOOTSTRAP_METRICS[k] for k in EXAM_METRICS},
-            val_a=exam_val_other[1:3], val_b=exam_val_ref[1:3], n_boot=n_boot, seed=seed))
+        e_other, e_ref, e_val_other, e_val_ref = exams
+        out["exam"] = dict(test_exams=len(e_ref.labels), metrics=paired_bootstrap(
+            e_ref.labels, e_other.p, e_ref.p, e_ref.patients,
+            {k: BOOTSTRAP_METRICS[k] for k in EXAM_METRICS},
+            val_a=(e_val_other.labels, e_val_other.p), val_b=(e_val_ref.labels, e_val_ref.p),
+            n_boot=n_boot, seed=seed))
     return out
 
 
@@ -128,7 +127,7 @@ def compare_runs(run_dirs, *, n_boot: int = 1000, seed: int = 0, command: str = 
                   for c in comparisons]
         for name in {k for t in tables if t for k in t}:
             present = [t for t in tables if t and name in t]
-            adjusted = metrics.holm([t[name]["p_value"] for t in present])
+            adjusted = holm([t[name]["p_value"] for t in present])
             for t, p in zip(present, adjusted, strict=True):
                 t[name]["p_holm"] = float(p)
     return dict(format_version=COMPARISON_FORMAT_VERSION, command=command, method=METHOD,
@@ -178,7 +177,5 @@ def write_comparison(out_dir, result: dict) -> Path:
     text = format_comparison(result)
     if result.get("command"):
         text = f"{text}\n\nMade by: `{result['command']}`"
-    tmp = out_dir / "comparison.md.tmp"
-    tmp.write_text(text + "\n")
-    tmp.replace(out_dir / "comparison.md")
+    write_text(out_dir / "comparison.md", text + "\n")
     return out_dir

@@ -1,4 +1,4 @@
-"""Detection metrics for attention boxes (pure functions; milpf_jax.explanation.explain makes the boxes).
+"""Detection metrics for attention boxes (pure functions; milpf_jax.explanation makes the boxes).
 
   detection       AP at IoU >= 0.25 (paper, section 3.2), all-point interpolated (VOC 2010+:
                   the area under the precision envelope, no 11- or 101-point sampling), over all

@@ -1,7 +1,7 @@
 """Test AUC by subgroup: breast density, vendor, age band, lesion type, any manifest column.
 
-A column of the cohort's manifest gives each bag a value (`cohort.bag_values`): the one its
-images share, or "mixed" when they differ. Two readings, chosen by the data:
+A column of the cohort's manifest gives each bag a value (`reading.manifest.bag_values`): the one
+its images share, or "mixed" when they differ. Two readings, chosen by the data:
 
 - within: the AUC of each value's own positive and negative test bags (density, vendor, ...);
 - against all negatives: when the negative test bags carry no value at all (a finding column,
@@ -9,7 +9,7 @@ images share, or "mixed" when they differ. Two readings, chosen by the data:
   negative test bag.
 
 The scores are the run's best-validation head's (predictions.csv); intervals come from the
-patient bootstrap of the whole report (`metrics.bootstrap_ci`), restricted to the subgroup.
+patient bootstrap of the whole report (`bootstrap.bootstrap_ci`), restricted to the subgroup.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from milpf_jax.evaluation import metrics
-from milpf_jax.sweep import prediction_arrays, read_predictions, read_split_predictions
+from milpf_jax.evaluation.bootstrap import BOOTSTRAP_METRICS, bootstrap_ci
+from milpf_jax.evaluation.runs import prediction_arrays, read_predictions, read_split_predictions
 
-NONE = ""  # the column is empty for the bag's images (cohort.bag_values)
+NONE = ""  # the column is empty for the bag's images (reading.manifest.bag_values)
 
 
 def subgroup_aucs(run_dir, values: dict[str, str], *, column: str = "", n_boot: int = 1000,
@@ -35,9 +36,10 @@ def subgroup_aucs(run_dir, values: dict[str, str], *, column: str = "", n_boot: 
     if not known:
         raise ValueError(f"{run_dir}: none of its {len(rows)} test bags is in the manifest "
                          "given (another cohort, or other bag ids?)")
-    ids, y, p, patients = prediction_arrays(known)
+    ids, y, p, patients, _ = prediction_arrays(known)
     value = np.array([values[b] for b in ids], dtype=object)
-    _, y_val, p_val, _ = read_split_predictions(run_dir, "val")
+    val = read_split_predictions(run_dir, "val")
+    y_val, p_val = val.labels, val.p
     against_negatives = bool((y == 0).any() and (value[y == 0] == NONE).all())
     groups = []
     for v in sorted(set(value[y == 1]) if against_negatives else set(value)):
@@ -48,9 +50,8 @@ def subgroup_aucs(run_dir, values: dict[str, str], *, column: str = "", n_boot: 
         if 0 < yy.sum() < yy.size:
             entry["auc"] = metrics.roc_auc(yy, pp)
             if n_boot:
-                ci = metrics.bootstrap_ci(yy, pp, patients[member],
-                                          {"auc": metrics.BOOTSTRAP_METRICS["auc"]},
-                                          y_val=y_val, p_val=p_val, n_boot=n_boot, seed=seed)
+                ci = bootstrap_ci(yy, pp, patients[member], {"auc": BOOTSTRAP_METRICS["auc"]},
+                                  y_val=y_val, p_val=p_val, n_boot=n_boot, seed=seed)
                 entry["ci95"] = list(ci["auc"])
         groups.append(entry)
     return dict(column=column, run=str(run_dir),

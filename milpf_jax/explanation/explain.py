@@ -4,17 +4,10 @@ The only module after the store that reads images again (DESIGN.md, data flow): 
 re-tiled with the run's own preprocessing but with 75% tile overlap (paper, section 3.2: "For
 the attention map computation we use 75% overlap at inference time"), encoded with the run's
 encoder, and passed through the head, whose `aux["attn"]` gives every tile's attention weight.
-
-  attention map   per view, in the SOURCE image's pixel frame (the file's rows and columns, not
-                  the reader's mirrored copy): each pixel is the MEAN attention weight of the tiles
-                  covering it (0 where no tile does). With overlapping tiles the mean is a smooth
-                  map whose level does not depend on how many tiles happen to cover a pixel.
-  predicted boxes connected components (8-connected) of map >= `threshold` x the bag's peak
-                  (over all its views); each box is its component's bounding box, scored
-                  probability x component peak / bag peak, so the bag's strongest region scores
-                  the bag's probability and boxes rank across bags by how sure the head is.
-  detection       AP at IoU >= 0.25, localisation (a pointing game) and size buckets:
-                  milpf_jax.evaluation.detection.
+Maps and boxes are `milpf_jax.explanation.maps`, pictures `milpf_jax.explanation.overlays`, and
+detection AP, localisation and size buckets `milpf_jax.evaluation.detection`. The run's cohort,
+store settings and ground truth are read from what the run recorded (results.json, the
+checkpoint's metadata, `Cohort.lesions`).
 
 Example:
     explainer = load_explainer("runs/phantom-efficientnet-lite0-<UTC time>")
@@ -30,17 +23,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from milpf_jax.config import check, check_choices, option
+from milpf_jax.evaluation import runs
 from milpf_jax.evaluation.detection import (
     IOU_THRESHOLD,
     Detection,
@@ -51,141 +45,51 @@ from milpf_jax.evaluation.detection import (
     peak_point,
     point_to_box,
 )
+from milpf_jax.explanation.maps import BOX_THRESHOLD, attention_map, boxes_from_map
+from milpf_jax.explanation.overlays import overlay_image
+from milpf_jax.files import write_dict_csv, write_json
 from milpf_jax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OVERLAP = 0.75  # paper, section 3.2
-BOX_THRESHOLD = 0.5  # a component is the region within half of the bag's peak attention
-DEFAULT_RUN_COHORT = "phantom"  # what experiments/sweep.py trains on without --cohort or --store
-PREDICTED_RGB = (255, 0, 0)
-TRUTH_RGB = (0, 255, 0)
 
 
-# --- maps and boxes (pure) -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExplainConfig:
+    """What `explain_run` explains and how: the split, the tiling's overlap, boxes, detection."""
 
+    split: Literal["train", "val", "test", "all"] = option(
+        "test", "the run's split to explain, or all of the cohort")
+    max_bags: int | None = option(None, "only the first N bags of the split", flag="bags")
+    overlap: float = option(DEFAULT_OVERLAP, "tile overlap for the maps (the paper's 0.75)")
+    lesions: str | None = option(
+        None, "ground-truth box CSV (default: the cohort's own: the phantom's lesions, "
+              "mini-MIAS's circles)")
+    threshold: float = option(BOX_THRESHOLD, "box regions: map >= this x the bag's peak")
+    iou_threshold: float = option(IOU_THRESHOLD, "IoU for a detection to count (the paper's)",
+                                  flag="iou")
+    default_spacing_mm: float | None = option(
+        None, "spacing of images whose files give none, for size buckets (e.g. 0.2 for "
+              "mini-MIAS)", flag="pixel-spacing-mm")
+    device: str = option("auto", "torch device for the encoder")
+    model_dir: str | None = option(None, "local encoder weights (as for extraction)")
+    precision: Literal["auto", "float32", "bfloat16"] | None = option(
+        None, "encoder precision (default: the store's)")
+    batch_size: int | None = option(None, "encoder inputs per pass (default: the store's)")
+    save_maps: bool = option(False, "also write maps/<bag>_<view>.npy", switch=True)
 
-def attention_map(shape, boxes, weights) -> np.ndarray:
-    """[H, W] float32: each pixel the mean weight of the boxes covering it, 0 where none does.
-
-    Args:
-      shape: (H, W) of the source image.
-      boxes: [T, 4] half-open (y0, x0, y1, x1) in the same pixels; clipped to the image.
-      weights: [T] one value per box (a tile's attention weight).
-
-    Summed-area bookkeeping (+w at two corners, -w at the other two, then cumulative sums) makes
-    it O(H W + T) however many tiles overlap.
-    """
-    rows, cols = int(shape[0]), int(shape[1])
-    b = np.asarray(boxes, np.int64).reshape(-1, 4)
-    w = np.asarray(weights, np.float64).reshape(-1)
-    if len(b) != len(w):
-        raise ValueError(f"attention_map: {len(b)} boxes but {len(w)} weights")
-    b = np.clip(b, 0, [rows, cols, rows, cols])
-    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    b, w = b[keep], w[keep]
-    total = np.zeros((rows + 1, cols + 1), np.float64)
-    count = np.zeros((rows + 1, cols + 1), np.float64)
-    y0, x0, y1, x1 = b.T
-    for grid, value in ((total, w), (count, np.ones_like(w))):
-        np.add.at(grid, (y0, x0), value)
-        np.add.at(grid, (y0, x1), -value)
-        np.add.at(grid, (y1, x0), -value)
-        np.add.at(grid, (y1, x1), value)
-    total = total.cumsum(0).cumsum(1)[:rows, :cols]
-    count = np.rint(count.cumsum(0).cumsum(1)[:rows, :cols])
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
-
-
-def boxes_from_map(
-    attention, *, threshold: float = BOX_THRESHOLD, reference: float | None = None,
-    probability: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Boxes around the high-attention regions of one map, with scores, best first.
-
-    A region is an 8-connected component of `attention >= threshold * reference`; its box is
-    the component's bounding box (half-open source pixels) and its score is
-    `probability * component peak / reference`.
-
-    Args:
-      attention: [H, W] map (`attention_map`).
-      threshold: fraction of `reference` a pixel must reach.
-      reference: the peak the threshold and scores are relative to; pass the bag's peak over
-        all its views so a view with only weak attention yields no box. Default: this map's max.
-      probability: the bag's malignancy probability.
-
-    Returns:
-      boxes [K, 4] int32 and scores [K] float64, sorted by score (K = 0 for an all-zero map).
-    """
-    from scipy import ndimage
-
-    a = np.asarray(attention, np.float64)
-    peak = float(a.max(initial=0.0)) if reference is None else float(reference)
-    if not peak > 0:
-        return np.zeros((0, 4), np.int32), np.zeros(0)
-    labels, n = ndimage.label((a >= threshold * peak) & (a > 0), structure=np.ones((3, 3)))
-    if n == 0:
-        return np.zeros((0, 4), np.int32), np.zeros(0)
-    slices = ndimage.find_objects(labels)  # [n] (row slice, col slice)
-    boxes = np.array([[r.start, c.start, r.stop, c.stop] for r, c in slices], np.int32)
-    peaks = np.asarray(ndimage.maximum(a, labels, np.arange(1, n + 1)), np.float64)  # [n]
-    scores = probability * peaks / peak
-    order = np.argsort(-scores, kind="stable")
-    return boxes[order], scores[order]
-
-
-# --- overlays --------------------------------------------------------------------------------
-
-
-def _jet(v: np.ndarray) -> np.ndarray:
-    """[H, W] in [0, 1] -> [H, W, 3] in [0, 1]: blue (low) through green to red (high)."""
-    return np.clip(1.5 - np.abs(4.0 * v[..., None] - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
-
-
-def overlay_image(pixels, attention, *, reference: float | None = None, predicted=(), scores=(),
-                  truths=()):
-    """An RGB PIL image: the view in grey, its attention map in colour, boxes drawn on top.
-
-    Args:
-      pixels: [H, W] display values in [0, 1], source frame (as the file stores them).
-      attention: [H, W] map in the same frame; colour and opacity grow with map / reference
-        (default: its own max), so the views of one bag share one colour scale.
-      predicted: [K, 4] boxes drawn in red, labelled with `scores` [K] when given.
-      truths: [G, 4] ground-truth boxes drawn in green, last (on top).
-    """
-    from PIL import Image, ImageDraw
-
-    grey = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)[..., None]  # [H, W, 1]
-    a = np.asarray(attention, np.float32)
-    if a.shape != grey.shape[:2]:
-        raise ValueError(f"overlay: attention map {a.shape} and view {grey.shape[:2]} differ")
-    peak = float(a.max(initial=0.0)) if reference is None else float(reference)
-    v = np.clip(a / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(a)
-    alpha = np.where(a > 0, 0.2 + 0.4 * v, 0.0)[..., None]  # [H, W, 1]
-    rgb = grey * (1 - alpha) + _jet(v) * alpha  # [H, W, 3]
-    image = Image.fromarray(np.rint(rgb * 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(image)
-    width = max(1, round(max(a.shape) / 400))
-    font = _font(max(10, round(max(a.shape) / 60)))
-    labels = [f"{s:.2f}" for s in scores] if len(scores) else [None] * len(predicted)
-    for box, label in zip(np.asarray(predicted).reshape(-1, 4), labels):
-        y0, x0, y1, x1 = (int(c) for c in box)
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=PREDICTED_RGB, width=width)
-        if label:
-            draw.text((x0 + width + 2, y0 + width + 1), label, fill=PREDICTED_RGB, font=font)
-    for box in np.asarray(truths).reshape(-1, 4):
-        y0, x0, y1, x1 = (int(c) for c in box)
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=TRUTH_RGB, width=width)
-    return image
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1 scales its built-in font
-    except TypeError:
-        return ImageFont.load_default()
+    def __post_init__(self):
+        check_choices(self)
+        check(self, 0.0 <= self.overlap < 1.0, "overlap", f"{self.overlap}; expected [0, 1)")
+        check(self, 0.0 < self.threshold <= 1.0, "threshold", f"{self.threshold}; expected (0, 1]")
+        check(self, 0.0 < self.iou_threshold <= 1.0, "iou_threshold",
+              f"{self.iou_threshold}; expected (0, 1]")
+        for name in ("max_bags", "batch_size"):
+            value = getattr(self, name)
+            check(self, value is None or value >= 1, name, f"{value}; expected >= 1")
+        check(self, self.default_spacing_mm is None or self.default_spacing_mm > 0,
+              "default_spacing_mm", f"{self.default_spacing_mm}; expected > 0")
 
 
 # --- explaining a bag ------------------------------------------------------------------------
@@ -229,6 +133,8 @@ class BagExplanation:
     raw_label: str
     probability: float
     views: tuple[ViewExplanation, ...]
+    exam_id: str = ""
+    laterality: str = ""
 
     @property
     def peak(self) -> float:
@@ -242,7 +148,7 @@ class Explainer:
     tiling with the overlap for maps. `store_attrs` records where the settings came from."""
 
     head: object  # milpf_jax.Head
-    encoder: object  # milpf_jax.extraction.encoders.base.Encoder (or anything with .spec and .embed)
+    encoder: object  # extraction.encoders.base.Encoder (or anything with .spec and .embed)
     tiling: object  # milpf_jax.reading.tiling.TilingConfig
     batch_size: int = 32
     store_attrs: dict = dataclasses.field(default_factory=dict)
@@ -295,9 +201,9 @@ def explain_bag(
     """
     import jax
 
-    from milpf_jax.reading.tiling import plan_view
-    from milpf_jax.reading.imaging import ExcludedView, read_image
     from milpf_jax.learning.inference import Bag, predict_logits
+    from milpf_jax.reading.imaging import ExcludedView, read_image
+    from milpf_jax.reading.tiling import plan_view
 
     views, globals_, tiles = [], [], []
     for ref in bag.images:
@@ -338,25 +244,20 @@ def explain_bag(
             attention=amap, boxes=boxes, scores=scores,
             pixels=None if pixels is None else np.ascontiguousarray(pixels),
         ))  # fmt: skip
-    return BagExplanation(bag.bag_id, bag.patient_id, bag.raw_label, probability, tuple(out))
+    return BagExplanation(bag.bag_id, bag.patient_id, bag.raw_label, probability, tuple(out),
+                          exam_id=bag.exam_id, laterality=bag.laterality)
 
 
 # --- a run's settings, cohort, split and ground truth ----------------------------------------
-
-
-def _best_dir(run_dir) -> Path:
-    path = Path(run_dir)
-    return path / "best" if (path / "best").is_dir() else path
 
 
 def _run_store_attrs(run_dir) -> dict:
     """The store attributes a run's head was trained on: checkpoint metadata, else results.json."""
     from milpf_jax.learning.checkpoint import read_metadata
 
-    attrs = read_metadata(_best_dir(run_dir)).get("store_attrs")
-    results = Path(run_dir) / "results.json"
-    if not attrs and results.is_file():
-        attrs = json.loads(results.read_text()).get("store_attrs")
+    attrs = read_metadata(runs.best_dir(run_dir)).get("store_attrs")
+    if not attrs and (Path(run_dir) / "results.json").is_file():
+        attrs = runs.read_results(run_dir).get("store_attrs")
     if not attrs or "preprocessing" not in attrs or "encoder" not in attrs:
         raise ValueError(
             f"{run_dir}: no store attributes (encoder, preprocessing) in its checkpoint metadata "
@@ -379,50 +280,21 @@ def load_explainer(
       batch_size: encoder inputs per forward pass; None = the store's.
     """
     from milpf_jax.extraction import encoders
-    from milpf_jax.reading.tiling import TilingConfig
     from milpf_jax.learning.checkpoint import load_head
+    from milpf_jax.reading.tiling import TilingConfig
 
     attrs = _run_store_attrs(run_dir)
     tiling = dataclasses.replace(TilingConfig(**attrs["preprocessing"]), overlap=float(overlap))
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoder = encoders.get_encoder(attrs["encoder"], model_dir=model_dir, device=device,
+    encoder = encoders.get_encoder(attrs["encoder"], model_dir=model_dir,
+                                   device=encoders.resolve_device(device),
                                    precision=precision or attrs.get("precision") or "auto")
     stored, now = attrs.get("model_revision"), getattr(encoder, "model_revision", None)
     if stored and now and stored != now:
         log.warning("encoder %s: revision %s, the store was made with %s; maps may differ",
                     attrs["encoder"], now, stored)
-    return Explainer(head=load_head(_best_dir(run_dir)), encoder=encoder, tiling=tiling,
+    return Explainer(head=load_head(runs.best_dir(run_dir)), encoder=encoder, tiling=tiling,
                      batch_size=int(batch_size or attrs.get("batch_size") or 32),
                      store_attrs=dict(attrs))
-
-
-def _flag_value(words: list[str], flag: str) -> str | None:
-    for i, w in enumerate(words):
-        if w == flag and i + 1 < len(words):
-            return words[i + 1]
-        if w.startswith(flag + "="):
-            return w[len(flag) + 1 :]
-    return None
-
-
-def run_cohort_spec(run_dir) -> str:
-    """The cohort spec a sweep used, read from the command in its results.json."""
-    path = Path(run_dir) / "results.json"
-    command = json.loads(path.read_text()).get("command", "") if path.is_file() else ""
-    words = shlex.split(command)
-    spec = _flag_value(words, "--cohort")
-    if spec:
-        return spec
-    scripts = ("sweep.py", "ablation.py", "encoders.py")  # their default cohort
-    if any(w.endswith(scripts) for w in words[:2]) and _flag_value(words, "--store") is None:
-        return DEFAULT_RUN_COHORT
-    raise ValueError(
-        f"{run_dir}: cannot tell from its command ({command!r}) which cohort it was trained on; "
-        "pass the cohort (--cohort manifest.csv, mias:DIR, phantom...)"
-    )
 
 
 def select_bags(cohort, predictions: Mapping[str, dict], split: str, limit: int | None = None):
@@ -468,15 +340,9 @@ def read_truths(csv_path) -> list[tuple[str, str, tuple, str]]:
 
 
 def cohort_truths(cohort) -> list[tuple[str, str, tuple, str]]:
-    """The cohort's own ground truth: mini-MIAS circles, or the phantom's lesions.csv; [] if
-    it has none."""
-    if cohort.lesions:
-        return [("", les.path, tuple(les.box), les.kind) for les in cohort.lesions]
-    if cohort.name == "phantom" and cohort.bags:
-        lesions = Path(cohort.bags[0].images[0].path).parent.parent / "lesions.csv"
-        if lesions.is_file():
-            return read_truths(lesions)
-    return []
+    """The cohort's own ground truth (`Cohort.lesions`: mini-MIAS's circles, the phantom's
+    lesions), in `read_truths`'s form; [] if it has none."""
+    return [("", les.path, tuple(les.box), les.kind) for les in cohort.lesions]
 
 
 def _view_truths(truths, views) -> dict[str, list[Truth]]:
@@ -511,19 +377,10 @@ def _overlay_names(bag_id: str, views: Sequence[ViewExplanation]) -> list[str]:
     return names
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 BOX_COLUMNS = ("bag_id", "view", "view_code", "probability", "score", "y0", "x0", "y1", "x1",
                "best_iou")  # fmt: skip
-BAG_COLUMNS = ("bag_id", "patient_id", "label", "probability", "probability_no_overlap",
-               "views", "tiles", "boxes", "overlays")  # fmt: skip
+BAG_COLUMNS = ("bag_id", "patient_id", "exam_id", "laterality", "label", "probability",
+               "probability_no_overlap", "views", "tiles", "boxes", "overlays")  # fmt: skip
 DEFINITIONS = {
     "map": "mean attention weight of the overlapping tiles covering each pixel (source frame)",
     "boxes": "8-connected regions of map >= threshold x the bag's peak over its views; score = "
@@ -590,6 +447,7 @@ def _write_bag(acc: _Collected, result: BagExplanation, truths, out: Path, predi
             np.save(out / "maps" / name.replace(".png", ".npy"), v.attention.astype(np.float16))
     acc.bag_rows.append({
         "bag_id": result.bag_id, "patient_id": result.patient_id,
+        "exam_id": result.exam_id, "laterality": result.laterality,
         "label": prediction.get("label", result.raw_label),
         "probability": f"{result.probability:.6f}",
         "probability_no_overlap": prediction.get("p_best", ""),
@@ -598,67 +456,64 @@ def _write_bag(acc: _Collected, result: BagExplanation, truths, out: Path, predi
     })  # fmt: skip
 
 
-def explain_run(
-    run_dir, out_dir, *, cohort=None, split: str = "test", max_bags: int | None = None,
-    overlap: float = DEFAULT_OVERLAP, lesions=None, threshold: float = BOX_THRESHOLD,
-    iou_threshold: float = IOU_THRESHOLD, default_spacing_mm: float | None = None,
-    device: str = "auto", model_dir: str | None = None, precision: str | None = None,
-    batch_size: int | None = None, save_maps: bool = False, progress: bool = True,
-    command: str = "", explainer: Explainer | None = None,
-) -> dict:  # fmt: skip
+def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohort=None,
+                progress: bool = True, command: str = "",
+                explainer: Explainer | None = None) -> dict:
     """Explain a run's bags and write, under out_dir:
 
       overlays/<bag>_<view>.png   the view (grey), its attention map (colour), predicted boxes
                                   (red, with scores) and ground truth (green), source frame
-      maps/<bag>_<view>.npy       the attention maps (float16), with save_maps
+      maps/<bag>_<view>.npy       the attention maps (float16), with cfg.save_maps
       boxes.csv                   every predicted box: bag, view (ref, else path), view code,
                                   probability, score, y0, x0, y1, x1, best IoU with a truth
-      bags.csv                    per bag: label, probability (overlapping tiles and the run's
-                                  own), views, tiles, boxes, overlay files
+      bags.csv                    per bag: ids (patient, exam, laterality), label, probability
+                                  (overlapping tiles and the run's own), views, tiles, boxes,
+                                  overlay files
       detection.json              `detection_report`, `localisation`, the settings and the
                                   command
 
     Args:
       run_dir: a sweep folder (results.json, predictions.csv, best/).
-      cohort: a Cohort or spec; None = the run's (`run_cohort_spec`).
-      split: "train", "val", "test" (from the run's predictions.csv) or "all".
-      max_bags: explain only the first this many bags of the split (cohort order).
-      lesions: ground-truth CSV (`read_truths`); None = the cohort's own (`cohort_truths`).
-      default_spacing_mm: pixel spacing of views whose files give none (size buckets).
+      cfg: the split, overlap, boxes, ground truth and encoder settings (`ExplainConfig`).
+      cohort: a Cohort or spec; None = the one the run recorded (results.json's `cohort`).
       explainer: use this instead of `load_explainer(run_dir, ...)` (tests, notebooks).
 
     Returns:
       The dict written to detection.json ("bags", "views", "failed": [(bag_id, reason)],
       "detection": `detection_report`, "localisation", "settings", ...) plus "out".
     """
-    from milpf_jax.reading.cohort import Cohort, resolve_cohort
-    from milpf_jax.sweep import write_json
-    from milpf_jax.extraction.extract import cache_root, cohort_identity
+    from milpf_jax.extraction.extract import cohort_identity
+    from milpf_jax.reading.cohort import Cohort
     from milpf_jax.reading.imaging import ImageReadError
+    from milpf_jax.reading.sources import read_cohort
 
     run_dir, out = Path(run_dir), Path(out_dir)
     if not isinstance(cohort, Cohort):
-        cohort = resolve_cohort(cohort or run_cohort_spec(run_dir), cache_dir=cache_root())
+        if cohort is None:
+            try:
+                cohort = runs.recorded_cohort(run_dir)
+            except ValueError as err:
+                raise ValueError(f"{err}; give the cohort (--cohort manifest.csv, mias:DIR, "
+                                 "phantom...)") from None
+        cohort = read_cohort(cohort)
     explainer = explainer or load_explainer(
-        run_dir, overlap=overlap, device=device, model_dir=model_dir, precision=precision,
-        batch_size=batch_size)  # fmt: skip
+        run_dir, overlap=cfg.overlap, device=cfg.device, model_dir=cfg.model_dir,
+        precision=cfg.precision, batch_size=cfg.batch_size)  # fmt: skip
     stored_id = explainer.store_attrs.get("cohort_id")
     if stored_id and stored_id != cohort_identity(cohort):
         log.warning("cohort %s differs from the one the run's store was made from (other bags, "
                     "labels or image paths)", cohort.name)
-    from milpf_jax.sweep import read_predictions
-
     has_predictions = (Path(run_dir) / "predictions.csv").is_file()
-    predictions = read_predictions(run_dir) if has_predictions else {}
-    bags = select_bags(cohort, predictions, split, max_bags)
-    truths = read_truths(lesions) if lesions else cohort_truths(cohort)
+    predictions = runs.read_predictions(run_dir) if has_predictions else {}
+    bags = select_bags(cohort, predictions, cfg.split, cfg.max_bags)
+    truths = read_truths(cfg.lesions) if cfg.lesions else cohort_truths(cohort)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    if save_maps:
+    if cfg.save_maps:
         (out / "maps").mkdir(exist_ok=True)
     acc = _Collected()
     for bag in progress_bar(bags, desc="explain", unit="bag", disable=not progress):
         try:
-            result = explain_bag(explainer, bag, threshold=threshold, keep_pixels=True)
+            result = explain_bag(explainer, bag, threshold=cfg.threshold, keep_pixels=True)
         except (ImageReadError, FileNotFoundError, ValueError) as err:
             log.warning("bag %s: not explained: %s", bag.bag_id, err)
             pseudonymised = any(i.ref for i in bag.images)  # its reasons would name a path
@@ -666,21 +521,22 @@ def explain_run(
                                if pseudonymised else str(err)))  # fmt: skip
             continue
         _write_bag(acc, result, truths, out, predictions.get(bag.bag_id, {}),
-                   save_maps=save_maps, default_spacing_mm=default_spacing_mm)
-    _write_csv(out / "boxes.csv", BOX_COLUMNS, acc.box_rows)
-    _write_csv(out / "bags.csv", BAG_COLUMNS, acc.bag_rows)
+                   save_maps=cfg.save_maps, default_spacing_mm=cfg.default_spacing_mm)
+    write_dict_csv(out / "boxes.csv", BOX_COLUMNS, acc.box_rows)
+    write_dict_csv(out / "bags.csv", BAG_COLUMNS, acc.bag_rows)
     summary = {
-        "command": command, "run": str(run_dir), "cohort": cohort.name, "split": split,
+        "command": command, "run": str(run_dir), "cohort": cohort.name,
+        "cohort_spec": cohort.spec, "split": cfg.split,
         "bags": len(acc.bag_rows), "views": len(acc.spacing), "failed": acc.failed,
-        "ground_truth": Path(lesions).name if lesions else
+        "ground_truth": Path(cfg.lesions).name if cfg.lesions else
                         "the cohort's own" if truths else "none",
         "settings": {
-            "overlap": explainer.tiling.overlap, "threshold": threshold,
-            "iou_threshold": iou_threshold, "default_spacing_mm": default_spacing_mm,
+            "overlap": explainer.tiling.overlap, "threshold": cfg.threshold,
+            "iou_threshold": cfg.iou_threshold, "default_spacing_mm": cfg.default_spacing_mm,
             "tiling": dataclasses.asdict(explainer.tiling), "encoder": explainer.encoder.spec.name,
         },
         "detection": detection_report(acc.detections, acc.truths, spacing_mm=acc.spacing,
-                                      iou_threshold=iou_threshold),
+                                      iou_threshold=cfg.iou_threshold),
         "localisation": localisation(acc.pointing),
         "definitions": DEFINITIONS,
     }  # fmt: skip

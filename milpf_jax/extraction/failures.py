@@ -20,6 +20,10 @@ from milpf_jax.reading.imaging import ImageReadError
 FAILURE_COLUMNS = ("bag_id", "path", "stage", "reason")
 
 
+class ExtractionFailed(ValueError):
+    """`strict` extraction stopped at the first image that failed (named in the message)."""
+
+
 def failures_path(store_path) -> Path:
     """The failures CSV beside a store: `dir/x.zarr` -> `dir/x.failures.csv`.
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from milpf_jax.reading.tiling import TilingConfig, area_resize, cut_tiles, global_view, plan_view
-from milpf_jax.reading.cohort import BagSpec
-from milpf_jax.extraction.failures import failure_reason, shown_as
-from milpf_jax.reading.imaging import ExcludedView, ImageReadError, read_image
 from milpf_jax.data.store import BagPlan
+from milpf_jax.extraction.failures import failure_reason, shown_as
+from milpf_jax.reading.cohort import BagSpec
+from milpf_jax.reading.imaging import ExcludedView, ImageReadError, read_image
+from milpf_jax.reading.tiling import TilingConfig, area_resize, cut_tiles, global_view, plan_view
 
 
 def plan_bag(bag: BagSpec, tiling: TilingConfig):
@@ -61,6 +61,8 @@ def plan_bag(bag: BagSpec, tiling: TilingConfig):
         view_flipped=tuple(flipped),
         view_shapes=tuple(shapes),
         tile_boxes=np.concatenate(boxes).astype(np.int32).reshape(-1, 5),  # [T, 5]
+        exam_id=bag.exam_id,
+        laterality=bag.laterality,
     )
     return plan, excluded, []
 

@@ -36,10 +36,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from milpf_jax.config import ConfigError, from_dict
 from milpf_jax.learning.head import HeadConfig, init_params, shape_differences
 from milpf_jax.learning.inference import Head
 
-FORMAT = "milpf_jax.learning.head"
+FORMAT = "milpf_jax.head"  # the format tag of every saved head (not a module path)
 FORMAT_VERSION = 1
 MAX_TO_KEEP = 2  # the new step plus the last good one, so a killed save never loses a head
 PARAMS, HEAD = "params", "head"
@@ -146,17 +147,16 @@ def _provenance() -> dict:
 
 
 def _config_from_json(fields, where: str) -> HeadConfig:
-    known = {f.name for f in dataclasses.fields(HeadConfig)}
     if not isinstance(fields, dict):
         raise ValueError(f"{where}: 'config' is a {type(fields).__name__}, expected a dict")
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(
-            f"{where}: config has fields {unknown} that this milpf_jax does not know "
-            f"(known: {sorted(known)}); was it written by a newer version?"
-        )
     try:
-        return HeadConfig(**fields)
+        return from_dict(HeadConfig, fields)
+    except ConfigError as err:
+        if "not a field" in err.reason:
+            raise ValueError(
+                f"{where}: config has fields {list(err.fields)} that this milpf_jax does not "
+                f"know ({err.reason}); was it written by a newer version?") from err
+        raise ValueError(f"{where}: invalid head config {fields}: {err}") from err
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: invalid head config {fields}: {err}") from err
 

@@ -1,4 +1,4 @@
-"""Training over several devices (issue 6, "Scale beyond one device").
+"""Training over several devices (DESIGN.md, "Scale beyond one machine").
 
 Two ways to split the one compiled program, both with `jax.sharding` (a 1-D `Mesh`) and XLA's
 automatic partitioning, so `train`/`epoch_step` stay as they are:
@@ -10,7 +10,8 @@ automatic partitioning, so `train`/`epoch_step` stay as they are:
   the first layer, of the pooling sums and of the weight gradient, and XLA sums the parts
   across devices. Views and per-bag arrays are small and stay whole on each device.
 
-Both give the single-device results up to float rounding (tests/test_sharding.py checks it on
+Both give the single-device results up to float rounding (tests/learning/test_sharding.py checks
+it on
 forced host devices: XLA_FLAGS=--xla_force_host_platform_device_count=4).
 """
 

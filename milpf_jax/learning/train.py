@@ -19,18 +19,21 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from milpf_jax.learning.head import TILE_BLOCK, HeadConfig, MILPFHead, init_params
-from milpf_jax.evaluation.metrics import auc_jax
-from milpf_jax.data.store import COPY_ROWS
+from milpf_jax.config import check, check_choices, option
+from milpf_jax.data.labels import class_weights
+from milpf_jax.learning.auc import auc_jax
+from milpf_jax.learning.batches import BagBatch, TrainData, as_instances, bag_batch
+from milpf_jax.learning.head import HeadConfig, MILPFHead, init_params
 
-MODES = ("mil", "instance")
+Mode = Literal["mil", "instance"]
+MODES = get_args(Mode)
 
 
 @dataclass(frozen=True)
@@ -43,23 +46,23 @@ class TrainConfig:
     compiled call of the host loop in `fit` (progress and early exit granularity).
     """
 
-    head: HeadConfig = HeadConfig()
-    epochs: int = 700
-    patience: int = 20
-    min_delta: float = 1e-3
-    mode: str = "mil"
-    chunk_epochs: int = 25
+    head: HeadConfig = option(HeadConfig())
+    epochs: int = option(700, "at most this many epochs (one full-batch Adam step each)")
+    patience: int = option(20, "stop a run after this many epochs without a validation AUC "
+                               "gain above --min-delta")
+    min_delta: float = option(1e-3, "a validation AUC gain this large resets the patience")
+    mode: Mode = option("mil", "mil, or instance (Table 4 'inf. only')")
+    chunk_epochs: int = option(25, cli=False)
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r}: choose one of {MODES}")
-        if self.mode == "instance" and "none" not in (self.head.global_pool,
-                                                      self.head.local_pool):
-            raise ValueError("mode 'instance' trains one stream per image or tile: set "
-                             "global_pool or local_pool to 'none'")
+        check_choices(self)
+        check(self, self.mode != "instance" or "none" in (self.head.global_pool,
+                                                          self.head.local_pool),
+              ("mode", "global_pool", "local_pool"),
+              "mode 'instance' trains one stream per image or tile: set global_pool or "
+              "local_pool to 'none'")
         for name in ("epochs", "patience", "chunk_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check(self, getattr(self, name) >= 1, name, f"{getattr(self, name)}; expected >= 1")
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -70,33 +73,6 @@ class Hparams(NamedTuple):
 
     learning_rate: jax.Array  # original code: Adam, lr 2e-3
     weight_decay: jax.Array  # coupled L2, as torch Adam's weight_decay: 1e-4
-
-
-class BagBatch(NamedTuple):
-    """B bags, tiles packed: views [B, V, D], views_mask [B, V], tiles [N, D], tile_bag [N],
-    tile_valid [N], labels [B] float32, weights [B] float32 (loss weight; 0 = not a sample).
-
-    block_bag [K] (optional): the tiles come in K blocks of N / K consecutive tiles of one bag
-    (`bag_batch` pads each bag with invalid tiles to a multiple of head.TILE_BLOCK), which
-    the head's attention pooling uses to reduce densely inside blocks. None: any packing."""
-
-    views: jax.Array
-    views_mask: jax.Array
-    tiles: jax.Array
-    tile_bag: jax.Array
-    tile_valid: jax.Array
-    labels: jax.Array
-    weights: jax.Array
-    block_bag: jax.Array | None = None
-
-    @property
-    def n_bags(self) -> int:
-        return self.views.shape[0]
-
-
-class TrainData(NamedTuple):
-    train: BagBatch
-    val: BagBatch
 
 
 class TrainState(NamedTuple):
@@ -219,101 +195,6 @@ def train(key, hparams: Hparams, data: TrainData, cfg: TrainConfig) -> TrainResu
 # -- host side: data preparation and the chunked loop ---------------------------------------
 
 
-def class_weights(labels: np.ndarray) -> np.ndarray:
-    """Per-sample weights N / (2 N_c) from the training labels (original code)."""
-    labels = np.asarray(labels).astype(int)
-    n = len(labels)
-    counts = np.bincount(labels, minlength=2)
-    if np.any(counts == 0):
-        raise ValueError(f"the training split has {counts[0]} negative and {counts[1]} positive "
-                         "bags: it needs both classes")
-    return (n / (2.0 * counts))[labels].astype(np.float32)
-
-
-def bag_batch(packed, *, weights=None, dtype=jnp.float32, block: int = TILE_BLOCK) -> BagBatch:
-    """A BagBatch (device arrays) from PackedBags; weights default to 1 per bag.
-
-    With block > 1 each bag's tiles are padded with invalid (zero) tiles to a multiple of
-    `block` and the batch says which bag each block belongs to (`block_bag`): the layout the
-    head's attention pooling is fastest on. block=1 keeps the real tiles only.
-    """
-    w = np.ones(packed.n_bags, np.float32) if weights is None else weights
-    tile_bag = np.asarray(packed.tile_bag, np.int32)
-    tiles, tile_valid, block_bag = packed.tiles, np.ones(len(tile_bag), bool), None
-    if block > 1:
-        tiles, tile_bag, tile_valid, block_bag = _in_blocks(tiles, tile_bag, packed.n_bags, block,
-                                                            dtype=dtype)
-    return BagBatch(
-        views=jnp.asarray(packed.views, dtype),
-        views_mask=jnp.asarray(packed.views_mask),
-        tiles=jnp.asarray(tiles, dtype),
-        tile_bag=jnp.asarray(tile_bag),
-        tile_valid=jnp.asarray(tile_valid),
-        labels=jnp.asarray(packed.labels, jnp.float32),
-        weights=jnp.asarray(w, jnp.float32),
-        block_bag=None if block_bag is None else jnp.asarray(block_bag),
-    )
-
-
-def _in_blocks(tiles, tile_bag, n_bags: int, block: int, dtype=None):
-    """Tiles packed bag after bag (tile_bag sorted) -> each bag padded to a multiple of `block`
-    with zero tiles, in `dtype` (default: the tiles'). Returns (tiles, tile_bag, tile_valid,
-    block_bag)."""
-    if len(tile_bag) and np.any(np.diff(tile_bag) < 0):
-        raise ValueError("tiles must be packed bag after bag (tile_bag sorted) to form blocks")
-    counts = np.bincount(tile_bag, minlength=n_bags)
-    blocks = -(-counts // block)  # per bag
-    first_tile = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    first_slot = np.concatenate([[0], np.cumsum(blocks)[:-1]]) * block
-    slot = first_slot[tile_bag] + np.arange(len(tile_bag)) - first_tile[tile_bag]
-    n_slots = int(blocks.sum()) * block
-    out = np.zeros((n_slots, tiles.shape[1]), tiles.dtype if dtype is None else dtype)
-    for i in range(0, len(slot), COPY_ROWS):  # cast a slice at a time
-        out[slot[i:i + COPY_ROWS]] = tiles[i:i + COPY_ROWS]
-    valid = np.zeros(n_slots, bool)
-    valid[slot] = True
-    block_bag = np.repeat(np.arange(n_bags, dtype=np.int32), blocks)
-    return out, np.repeat(block_bag, block), valid, block_bag
-
-
-def as_instances(batch: BagBatch, head: HeadConfig) -> BagBatch:
-    """Each view (global-only head) or tile (local-only head) as its own bag, with its bag's
-    label: the "inference only" ablation trains on these and pools only at inference."""
-    views, vmask = np.asarray(batch.views), np.asarray(batch.views_mask)
-    labels = np.asarray(batch.labels)
-    if head.local_pool == "none":
-        b, v, d = views.shape
-        inst_labels = np.repeat(labels, v)
-        inst_mask = vmask.reshape(b * v)
-        return BagBatch(
-            views=jnp.asarray(views.reshape(b * v, 1, d)),
-            views_mask=jnp.asarray(inst_mask[:, None]),
-            tiles=jnp.zeros((0, d), batch.tiles.dtype),
-            tile_bag=jnp.zeros((0,), jnp.int32),
-            tile_valid=jnp.zeros((0,), bool),
-            labels=jnp.asarray(inst_labels),
-            weights=jnp.asarray(_instance_weights(inst_labels, inst_mask)),
-        )
-    valid = np.asarray(batch.tile_valid)
-    inst_labels = labels[np.asarray(batch.tile_bag)[valid]]
-    n, d = len(inst_labels), batch.tiles.shape[1]
-    return BagBatch(  # real tiles only (no padding blocks); no views: the global stream is off
-        views=jnp.zeros((n, 0, d), batch.views.dtype),
-        views_mask=jnp.zeros((n, 0), bool),
-        tiles=batch.tiles[np.flatnonzero(valid)],
-        tile_bag=jnp.arange(n, dtype=jnp.int32),
-        tile_valid=jnp.ones(n, bool),
-        labels=jnp.asarray(inst_labels),
-        weights=jnp.asarray(class_weights(inst_labels)),
-    )
-
-
-def _instance_weights(labels, present):
-    w = np.zeros(len(labels), np.float32)
-    w[present] = class_weights(labels[present])
-    return w
-
-
 def _split_origin(packed) -> str:
     """Which data and settings gave these splits, so an error says what to change."""
     info = packed.info
@@ -323,16 +204,18 @@ def _split_origin(packed) -> str:
             f"{info.get('excluded', {})}")
 
 
-def make_train_data(packed, cfg: TrainConfig, *, dtype=None, block: int = TILE_BLOCK
+def make_train_data(packed, cfg: TrainConfig, *, dtype=None, block: int | None = None
                     ) -> TrainData:
     """Train and validation bags of a PackedBags (the test split never enters training).
 
     dtype: the embeddings' dtype in memory; by default bfloat16 when the head's first layer
     computes in bfloat16 (it rounds them to that anyway: half the memory, no cast per step),
-    else float32. block: see `bag_batch`.
+    else float32. block: see `bag_batch` (default: the head's `impl.tile_block`).
     """
+    head = cfg.head.resolved()
+    block = head.impl.tile_block if block is None else block
     if dtype is None:
-        dtype = jnp.bfloat16 if cfg.head.first_layer_dtype == "bfloat16" else jnp.float32
+        dtype = jnp.bfloat16 if head.first_layer_dtype == "bfloat16" else jnp.float32
     tr, va = packed.split("train", tiles_dtype=dtype), packed.split("val", tiles_dtype=dtype)
     if tr.n_bags == 0:
         raise ValueError(f"the training split is empty: no bags to train on "
@@ -351,6 +234,7 @@ def make_train_data(packed, cfg: TrainConfig, *, dtype=None, block: int = TILE_B
     if cfg.mode == "instance":
         train_batch = as_instances(train_batch, cfg.head)
     return TrainData(train=train_batch, val=bag_batch(va, dtype=dtype, block=block))
+
 
 
 def hparam_grid(seeds: int, learning_rates, weight_decays, *, seed: int = 0):

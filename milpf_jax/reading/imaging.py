@@ -23,34 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from milpf_jax.reading import dicom
+
 __all__ = ["ExcludedView", "ImageReadError", "MammoImage", "read_image"]
 
 PILLOW_SUFFIXES = (".png", ".pgm", ".pnm", ".tif", ".tiff")
 
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-# Tomosynthesis volumes and their projection images are 3D acquisitions, not 2D mammograms.
-TOMOSYNTHESIS_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.13.1.3": "Breast Tomosynthesis Image Storage",
-    "1.2.840.10008.5.1.4.1.1.13.1.4": "Breast Projection X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.13.1.5": "Breast Projection X-Ray Image Storage - For Processing",
-}
-# View modifiers (DICOM CID 4015) that mark a diagnostic work-up view, not a screening view:
-# spot compression and magnification show a small region enlarged, and implant-displaced
-# (Eklund) views show the breast pushed off its implant, so neither matches the screening views
-# a model is trained on. SNOMED CT codes, plus DCM 111136 "Spot magnification view(s)".
-EXCLUDED_MODIFIER_CODES = {
-    "399055006": "spot compression",
-    "399163009": "magnification",
-    "399209000": "implant displaced",
-    "111136": "spot compression",
-}
-# Older files carry retired SNOMED-RT codes; their code meanings still say what they are.
-EXCLUDED_MODIFIER_WORDS = (
-    ("spot", "spot compression"),
-    ("magnif", "magnification"),
-    ("implant displaced", "implant displaced"),
-)
 # The flip test looks at a small copy: the breast is large, a label or a marker is not.
 FLIP_TEST_SIDE = 256
 
@@ -149,54 +127,6 @@ def _normalise_laterality(value, path: str) -> str | None:
     raise ValueError(f"{path}: laterality {value!r} from the manifest; expected 'L' or 'R'")
 
 
-def _implant_displaced(view: str | None) -> bool:
-    # ACR view labels append "ID" for implant-displaced views: CCID, MLOID, MLID, ...
-    return view is not None and len(view) > 2 and view.strip().upper().endswith("ID")
-
-
-def _modifier_items(ds) -> list:
-    """View Modifier Code Sequence items, nested in View Code Sequence or at top level."""
-    items = list(ds.get("ViewModifierCodeSequence", None) or [])
-    for view_item in ds.get("ViewCodeSequence", None) or []:
-        items.extend(view_item.get("ViewModifierCodeSequence", None) or [])
-    return items
-
-
-def _excluded_reason(ds, view: str | None) -> str | None:
-    for item in _modifier_items(ds):
-        code = str(item.get("CodeValue", "") or "").strip()
-        if code in EXCLUDED_MODIFIER_CODES:
-            return EXCLUDED_MODIFIER_CODES[code]
-        meaning = str(item.get("CodeMeaning", "") or "").lower()
-        for word, reason in EXCLUDED_MODIFIER_WORDS:
-            if word in meaning:
-                return reason
-    if _implant_displaced(view):
-        return "implant displaced"
-    return None
-
-
-def _tag_laterality(ds) -> str | None:
-    # Image Laterality (0020,0062) describes this image; Laterality (0020,0060) the series.
-    for keyword in ("ImageLaterality", "Laterality"):
-        text = str(ds.get(keyword, "") or "").strip().upper()
-        if text in ("L", "R"):
-            return text
-    return None
-
-
-def _pixel_spacing(ds) -> float | None:
-    # Imager Pixel Spacing is at the detector and present in every MG image; Pixel Spacing,
-    # when a vendor adds it, may be calibrated to another plane, so it only fills a gap.
-    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = ds.get(keyword, None)
-        if value:
-            row = float(value[0])
-            if row > 0:
-                return row
-    return None
-
-
 def _read_dataset(path: str):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -207,36 +137,6 @@ def _read_dataset(path: str):
         raise ImageReadError(path, f"not a DICOM file and not {'/'.join(PILLOW_SUFFIXES)}") from err
     except (OSError, EOFError, ValueError, KeyError) as err:
         raise ImageReadError(path, f"unreadable DICOM (truncated or corrupt?): {err}") from err
-
-
-def _check_dataset(ds, path: str) -> None:
-    """Refuse what is not a 2D for-presentation mammogram with pixel data."""
-    sop_class = str(ds.get("SOPClassUID", "") or "")
-    if sop_class in TOMOSYNTHESIS_SOP_CLASSES:
-        raise ImageReadError(
-            path,
-            f"breast tomosynthesis object ({TOMOSYNTHESIS_SOP_CLASSES[sop_class]}, "
-            f"SOP class {sop_class}); only 2D mammograms are read",
-        )
-    modality = ds.get("Modality", None)
-    if modality != "MG":
-        raise ImageReadError(path, f"Modality is {modality!r}; expected 'MG' (mammography)")
-    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
-    if intent == "FOR PROCESSING" or sop_class == MG_FOR_PROCESSING:
-        raise ImageReadError(
-            path,
-            "'FOR PROCESSING' image (raw detector data); expected the 'FOR PRESENTATION' image",
-        )
-    if "PixelData" not in ds:
-        raise ImageReadError(path, "no Pixel Data element (a header-only or truncated file)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageReadError(path, f"{frames} frames; expected one 2D mammogram")
-    photometric = str(ds.get("PhotometricInterpretation", "") or "")
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageReadError(
-            path, f"Photometric Interpretation {photometric!r}; expected MONOCHROME1 or 2"
-        )
 
 
 def _voi_lut_range(ds) -> tuple[float, float]:
@@ -365,12 +265,14 @@ def read_image(
     if ds is None:
         tag_side, tag_view, spacing, reason = None, None, None, None
     else:
-        _check_dataset(ds, path)
-        tag_side = _tag_laterality(ds)
-        tag_view = str(ds.get("ViewPosition", "") or "").strip() or None
-        spacing = _pixel_spacing(ds)
-        reason = _excluded_reason(ds, tag_view)
-    if reason is None and _implant_displaced(manifest_view):
+        refused = dicom.refusal(ds)
+        if refused:
+            raise ImageReadError(path, refused)
+        tag_side = dicom.laterality(ds)
+        tag_view = dicom.view_position(ds) or None
+        spacing = dicom.pixel_spacing_mm(ds)
+        reason = dicom.excluded_view(ds)
+    if reason is None and dicom.implant_displaced_code(manifest_view):
         reason = "implant displaced"
     if reason and not allow_excluded:
         raise ExcludedView(path, reason)

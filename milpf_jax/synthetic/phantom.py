@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from milpf_jax.config import check, option
+
 PHANTOM_VERSION = 1  # bump whenever the generator's output changes: it invalidates caches
 
 MALIGNANT_KINDS = ("mass_round", "mass_spiculated", "calc_cluster")
@@ -37,47 +39,46 @@ class PhantomConfig:
     """Settings of a phantom cohort. Sizes are physical (mm) wherever a lesion is concerned.
 
     The default (280 patients x 1 exam x 2 breasts = 560 bags, 1120 views of 768 x 624 px at
-    0.2 mm: small breasts, so that the offline main job's extraction fits its 5-minute budget on
+    0.2 mm: small breasts, so that the offline main job's extraction stays short on
     2 CPU cores) leaves > 500 bags after the default mapping drops BI-RADS 2/3, a test split of
     >= 100 bags, and with 224-px tiles and no overlap about 9-10 tissue tiles a view (~10.5k in
-    all). Lesion sizes are physical, so shrinking the anatomy keeps their conspicuity. Contrasts are added to the display value in [0, 1] and were tuned so ImageNet
+    all). Lesion sizes are physical, so shrinking the anatomy keeps their conspicuity. Contrasts
+    are added to the display value in [0, 1] and were tuned so ImageNet
     EfficientNet-Lite0 tile features separate lesion tiles from normal ones (AUC >= 0.9 for
     masses, >= 0.85 for calcification clusters) while the clusters vanish from the global view.
     """
 
-    n_patients: int = 280
-    exams_per_patient: int = 1
-    rows: int = 768
-    cols: int = 624
-    pixel_spacing_mm: float = 0.2
-    seed: int = 0
-    positive_fraction: float = 0.4  # bags with BI-RADS 4/5 lesions
-    benign_fraction: float = 0.08  # bags with BI-RADS 2/3 lesions (left out by the default mapping)
-    calc_only_fraction: float = 0.3  # of positives: calcification cluster only, tile-visible only
-    mass_contrast: float = 0.5
-    calc_contrast: float = 0.9
-    mass_diameter_mm: tuple[float, float] = (5.0, 25.0)  # malignant masses, log-uniform
+    n_patients: int = option(280, "women in the cohort")
+    exams_per_patient: int = option(1, "screening exams per woman")
+    rows: int = option(768, "image rows")
+    cols: int = option(624, "image columns")
+    pixel_spacing_mm: float = option(0.2, "pixel spacing in mm (the DICOMs' Imager Pixel Spacing)")
+    seed: int = option(0, "seed of the cohort (each view draws from its own seed)")
+    positive_fraction: float = option(0.4, "bags with BI-RADS 4/5 lesions")
+    benign_fraction: float = option(
+        0.08, "bags with BI-RADS 2/3 lesions (left out by the default mapping)")
+    calc_only_fraction: float = option(
+        0.3, "of positives: a calcification cluster only, visible to the tiles only")
+    mass_contrast: float = option(0.5, "masses' contrast on the display value in [0, 1]")
+    calc_contrast: float = option(0.9, "calcification specks' contrast")
+    mass_diameter_mm: tuple[float, float] = option(
+        (5.0, 25.0), "malignant masses' diameter range, log-uniform")
 
     def __post_init__(self) -> None:
         ints = {"n_patients": 1, "exams_per_patient": 1, "rows": 64, "cols": 64}
         for name, low in ints.items():
-            if int(getattr(self, name)) < low:
-                raise ValueError(f"PhantomConfig.{name}={getattr(self, name)}; expected >= {low}")
+            check(self, int(getattr(self, name)) >= low, name,
+                  f"{getattr(self, name)}; expected >= {low}")
         for name in ("positive_fraction", "benign_fraction", "calc_only_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"PhantomConfig.{name}={getattr(self, name)}; expected in [0, 1]")
-        if self.positive_fraction + self.benign_fraction > 1.0:
-            raise ValueError(
-                f"positive_fraction + benign_fraction = "
-                f"{self.positive_fraction + self.benign_fraction}; expected <= 1"
-            )
-        if self.pixel_spacing_mm <= 0:
-            raise ValueError(f"PhantomConfig.pixel_spacing_mm={self.pixel_spacing_mm}; need > 0")
+            check(self, 0.0 <= getattr(self, name) <= 1.0, name,
+                  f"{getattr(self, name)}; expected in [0, 1]")
+        check(self, self.positive_fraction + self.benign_fraction <= 1.0,
+              ("positive_fraction", "benign_fraction"),
+              f"sum {self.positive_fraction + self.benign_fraction}; expected <= 1")
+        check(self, self.pixel_spacing_mm > 0, "pixel_spacing_mm",
+              f"{self.pixel_spacing_mm}; expected > 0")
         lo, hi = self.mass_diameter_mm
-        if not 0 < lo <= hi:
-            raise ValueError(
-                f"PhantomConfig.mass_diameter_mm={self.mass_diameter_mm}; need 0<lo<=hi"
-            )
+        check(self, 0 < lo <= hi, "mass_diameter_mm", f"{self.mass_diameter_mm}; need 0<lo<=hi")
 
     @property
     def n_bags(self) -> int:
@@ -489,7 +490,8 @@ def _power_law_filter(rows: int, cols: int, spacing_mm: float, beta: float) -> n
 def power_law_noise(
     rng: np.random.Generator, rows: int, cols: int, spacing_mm: float, beta: float = 3.0
 ) -> np.ndarray:
-    """Gaussian noise, 1/f^beta power spectrum, zero mean, unit expected std. float32 [rows, cols]."""
+    """Gaussian noise, 1/f^beta power spectrum, zero mean, unit expected std: float32 [rows,
+    cols]."""
     filt = _power_law_filter(rows, cols, spacing_mm, beta)
     # Uniform, not normal, spectral coefficients: 4x cheaper to draw, and the inverse FFT sums
     # so many of them that each pixel is Gaussian all the same (central limit theorem).

@@ -1,4 +1,4 @@
-"""Writing the phantom cohort (`milpf_jax.synthetic.phantom`) to disk, once: DICOMs, manifest, lesion boxes.
+"""Writing the phantom cohort (`synthetic.phantom`) to disk, once: DICOMs, manifest, lesion boxes.
 
 Layout of a cohort (`make_phantom_cohort`):
 
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from milpf_jax.files import atomic_open, write_text
+from milpf_jax.reading import dicom
 from milpf_jax.synthetic.phantom import (
     PHANTOM_VERSION,
     Encoding,
@@ -45,11 +47,12 @@ _SHORT_KIND = {
     "benign_mass": "benign_mass",
     "benign_calc": "benign_calc",
 }
-SOP_CLASS_MG_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+SOP_CLASS_MG_PRESENTATION = dicom.MG_FOR_PRESENTATION
 
 
 def encode(display: np.ndarray, enc: Encoding) -> np.ndarray:
-    """Stored values uint16 [H, W] whose VOI transform (then MONOCHROME1 inversion) gives display."""
+    """Stored values uint16 [H, W] whose VOI transform (then MONOCHROME1 inversion) gives
+    `display`."""
     top = 2**enc.bits_stored - 1
     # float32 holds every 16-bit integer exactly: enough for values that are rounded anyway.
     v = np.asarray(display, dtype=np.float32)
@@ -142,22 +145,10 @@ def _dataset(plan: ViewPlan, stored: np.ndarray, cfg: PhantomConfig):
     return ds
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def _write_dicom(plan: ViewPlan, cfg: PhantomConfig, out_dir: Path) -> None:
-    path = out_dir / plan.rel_path
     stored = encode(render_view(plan, cfg), plan.encoding)
-    tmp = _atomic_path(path)
-    _dataset(plan, stored, cfg).save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(out_dir / plan.rel_path, "wb") as f:
+        _dataset(plan, stored, cfg).save_as(f, enforce_file_format=True)
 
 
 def _csv_text(columns: tuple[str, ...], rows: list[dict]) -> str:
@@ -271,7 +262,7 @@ def make_phantom_cohort(
     plans = plan_cohort(cfg)
     wanted = {Path(p.rel_path).name for p in plans}
     # Left by a previous, larger cohort or by a killed run.
-    stale = [*(out_dir / "images").glob("P*_E*_*.dcm"), *out_dir.glob("**/.*.tmp-*")]
+    stale = [*(out_dir / "images").glob("P*_E*_*.dcm"), *out_dir.glob("**/.*.tmp")]
     for old in stale:
         if old.name not in wanted:
             old.unlink()
@@ -299,9 +290,9 @@ def make_phantom_cohort(
                 bar.update(n)
     if bar is not None:
         bar.close()
-    _write_text(out_dir / "lesions.csv", _csv_text(LESION_COLUMNS, _lesion_rows(plans, cfg)))
-    _write_text(manifest, _csv_text(MANIFEST_COLUMNS + ("lesion_kinds",), _manifest_rows(plans)))
-    _write_text(out_dir / "phantom.json", json.dumps(_provenance(cfg), indent=2) + "\n")
+    write_text(out_dir / "lesions.csv", _csv_text(LESION_COLUMNS, _lesion_rows(plans, cfg)))
+    write_text(manifest, _csv_text(MANIFEST_COLUMNS + ("lesion_kinds",), _manifest_rows(plans)))
+    write_text(out_dir / "phantom.json", json.dumps(_provenance(cfg), indent=2) + "\n")
     return manifest
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from milpf_jax.extraction.encoders.base import Encoder
@@ -40,7 +40,8 @@ RAD_DINO_STD = (0.2583,) * 3
 
 FAMILIES = ("efficientnet", "dinov2", "dinov3", "siglip")
 OUTPUTS = ("avgpool", "cls_after_norm", "pooler")
-PRECISIONS = ("auto", "float32", "bfloat16")
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,15 @@ def get_encoder(
     return _loader(spec.family)(spec, model_dir=model_dir, device=device, precision=precision)
 
 
+def resolve_device(device: str) -> str:
+    """A torch device name: "auto" is CUDA when torch sees a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _loader(family: str):
     """The family's `load(spec, *, model_dir, device, precision) -> Encoder`, imported lazily."""
     if family == "efficientnet":
@@ -246,4 +256,5 @@ __all__ = [
     "EncoderUnavailable",
     "get_encoder",
     "register_encoder",
+    "resolve_device",
 ]

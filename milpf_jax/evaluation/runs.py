@@ -1,0 +1,106 @@
+"""The run folder: what a sweep writes, and how every later step reads it back.
+
+    RUN/results.json     versioned (RESULTS_FORMAT_VERSION), machine-readable: the config, the
+                         cohort spec and store it was trained on, every run's metrics, the best
+                         run with intervals, timing, environment, metric definitions
+    RUN/results.md       the table a person reads, with the command that made it
+    RUN/predictions.csv  one row per bag: PREDICTION_COLUMNS, then p_run000, p_run001, ...
+    RUN/best/            the best run's head (milpf_jax.learning.checkpoint)
+
+Format version 2 records the cohort spec (`cohort`) beside the store path, and gives every
+predictions CSV `exam_id` and `laterality` columns; explain, compare, subgroups and evaluate read
+them instead of parsing commands or bag ids. A version-1 folder still reads, without exams.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from milpf_jax.data import labels
+from milpf_jax.evaluation.metrics import Scores
+from milpf_jax.files import write_csv, write_json, write_text
+
+RESULTS_FORMAT_VERSION = 2
+PREDICTION_COLUMNS = ("bag_id", "patient_id", "exam_id", "laterality", "split", "raw_label",
+                      "label", "p_best")
+# The columns of a CSV of one head's probabilities on bags (an external cohort, new exams).
+SCORE_COLUMNS = ("bag_id", "patient_id", "exam_id", "laterality", "raw_label", "label", "p")
+
+
+def write_predictions(path, packed, probs: np.ndarray, best: int) -> Path:
+    """predictions.csv: ids, split, raw and mapped label, p of the best run and of every run.
+
+    packed: the PackedBags scored; probs [R, B]."""
+    return write_csv(path, list(PREDICTION_COLUMNS) + [f"p_run{r:03d}" for r in range(len(probs))],
+                     ([packed.bag_ids[b], packed.patient_ids[b], packed.exam_ids[b],
+                       packed.lateralities[b], labels.SPLIT_NAMES[packed.splits[b]],
+                       packed.raw_labels[b], int(packed.labels[b]), f"{probs[best, b]:.6f}"]
+                      + [f"{x:.6f}" for x in probs[:, b]] for b in range(packed.n_bags)))
+
+
+def write_scores(path, packed, p: np.ndarray) -> Path:
+    """A CSV of one head's probability of every bag of `packed` (SCORE_COLUMNS)."""
+    return write_csv(path, SCORE_COLUMNS,
+                     ([packed.bag_ids[b], packed.patient_ids[b], packed.exam_ids[b],
+                       packed.lateralities[b], packed.raw_labels[b], int(packed.labels[b]),
+                       f"{p[b]:.6f}"] for b in range(packed.n_bags)))
+
+
+def read_predictions(run_dir) -> dict[str, dict]:
+    """bag_id -> its row of a finished run's predictions.csv (split, label, p_best, ...)."""
+    path = Path(run_dir) / "predictions.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a finished sweep folder (no predictions.csv)")
+    with open(path, newline="") as f:
+        return {row["bag_id"]: row for row in csv.DictReader(f)}
+
+
+def prediction_arrays(rows) -> Scores:
+    """The best run's Scores of predictions.csv rows, in their order (exams "" in a version-1
+    file, which has no exam_id column)."""
+    return Scores(np.array([r["bag_id"] for r in rows], dtype=object),
+                  np.array([int(r["label"]) for r in rows], dtype=np.int64),
+                  np.array([float(r["p_best"]) for r in rows], dtype=np.float64),
+                  np.array([r["patient_id"] for r in rows], dtype=object),
+                  np.array([r.get("exam_id") or "" for r in rows], dtype=object))
+
+
+def read_split_predictions(run_dir, split: str) -> Scores:
+    """`prediction_arrays` of one split ("train", "val", "test") of a finished run."""
+    return prediction_arrays([r for r in read_predictions(run_dir).values()
+                              if r["split"] == split])
+
+
+def read_results(run_dir) -> dict:
+    """A finished run's results.json."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a finished sweep folder (no results.json)")
+    return json.loads(path.read_text())
+
+
+def recorded_cohort(run_dir) -> str:
+    """The cohort spec a run was trained on, as its results.json records it (format 2)."""
+    spec = read_results(run_dir).get("cohort")
+    if not spec:
+        raise ValueError(
+            f"{run_dir}: its results.json records no cohort spec (a run of a store without one, "
+            "or written before results format 2)")
+    return spec
+
+
+def best_dir(run_dir) -> Path:
+    """The best head's checkpoint folder of a run folder (or the folder itself, if it is one)."""
+    path = Path(run_dir)
+    return path / "best" if (path / "best").is_dir() else path
+
+
+def write_results(out_dir, results: dict, markdown: str) -> None:
+    """results.json and results.md (the table a person reads)."""
+    out = Path(out_dir)
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", markdown)
