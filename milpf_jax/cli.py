@@ -44,9 +44,18 @@ def command_line(script: str, argv=None) -> str:
 
 
 def _parse_list(item_type):
+    choices = literal_choices(item_type)
+
     def parse(text: str):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if choices is not None:
+            bad = [x for x in items if x not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"{', '.join(bad)}: choose from {', '.join(map(str, choices))}")
+            return tuple(items)
         try:
-            return tuple(item_type(x) for x in text.split(",") if x.strip())
+            return tuple(item_type(x) for x in items)
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"expected a comma list of {item_type.__name__}: "
                                              f"{text!r}") from err

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from collections.abc import Sequence
 
@@ -64,12 +65,13 @@ def check(cfg, condition: bool, fields: str | Sequence[str], reason: str) -> Non
 
 
 def literal_choices(tp) -> tuple | None:
-    """The values of a Literal[...] type (also inside `X | None`), else None."""
+    """The values of a Literal[...] type (also of `Literal[...] | None`), else None."""
     if typing.get_origin(tp) is typing.Literal:
         return typing.get_args(tp)
-    for arg in typing.get_args(tp):
-        if typing.get_origin(arg) is typing.Literal:
-            return typing.get_args(arg)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is typing.Literal:
+                return typing.get_args(arg)
     return None
 
 

@@ -84,3 +84,48 @@ def test_k_of_n(text, n_min, want):
 def test_k_of_n_refused_names_the_setting(text):
     with pytest.raises(ConfigError, match=r"^fold: .*expected k/n with 0 <= k < n and n >= 3"):
         parse_k_of_n(text, "fold", min_n=3)
+
+
+@dataclass(frozen=True)
+class Command:
+    runs: tuple[str, ...] = option(help="run folders", positional=True, metavar="RUN")
+    out: str = option(help="where to write")
+    kinds: tuple[Literal["a", "b"], ...] = option(("a",), "kinds, a comma list")
+    span: tuple[float, float] = option((1.0, 2.0), "low and high")
+    limit: int | None = option(None, "at most this many")
+    quiet: bool = option(False, "say nothing", switch=True)
+    strict: bool = option(False, "stop at the first problem")
+    tree: Outer = option(Outer())
+
+    def __post_init__(self):
+        check(self, len(self.runs) >= 2, "runs", "give two runs or more")
+
+
+def test_flags_are_made_from_the_tree_and_read_back_into_it(capsys):
+    import argparse
+
+    from milpf_jax.cli import add_config_flags, config_from_args
+
+    parser = argparse.ArgumentParser(prog="cmd")
+    add_config_flags(parser, Command)
+    flags = sorted(o for a in parser._actions for o in a.option_strings)
+    assert flags == ["--help", "--kind", "--kinds", "--limit", "--name", "--no-strict", "--out",
+                     "--quiet", "--size", "--span", "--strict", "-h"]
+    args = parser.parse_args(["r1", "r2", "--out", "o", "--kinds", "a,b", "--span", "0.5", "3",
+                              "--size", "7", "--strict"])
+    got = config_from_args(Command, args, parser)
+    assert got == Command(runs=("r1", "r2"), out="o", kinds=("a", "b"), span=(0.5, 3.0),
+                          strict=True, tree=Outer(inner=Inner(size=7)))
+    with pytest.raises(SystemExit):  # a value outside the Literal: argparse's usage error
+        parser.parse_args(["r1", "r2", "--out", "o", "--kinds", "a,c"])
+    assert "--kinds: c: choose from a, b" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # a check of a nested config names its flag
+        config_from_args(Command, parser.parse_args(["r1", "r2", "--out", "o", "--size", "0"]),
+                         parser)
+    assert usage.value.code == 2 and "error: --size: 0; expected >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a positional is named as the command line shows it
+        config_from_args(Command, parser.parse_args(["r1", "--out", "o"]), parser)
+    assert "error: RUN: give two runs or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a field without a default is a required flag
+        parser.parse_args(["r1", "r2"])
+    assert "the following arguments are required: --out" in capsys.readouterr().err
