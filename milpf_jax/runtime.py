@@ -110,13 +110,23 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
+FIRST_LAYER_ENV = "MILPF_FIRST_LAYER_DTYPE"  # what "auto" resolves to, when set
+
+
 def default_first_layer_dtype() -> str:
-    """bfloat16 (f32 accumulation) where the hardware computes it natively, else float32.
+    """What `first_layer_dtype="auto"` resolves to: $MILPF_FIRST_LAYER_DTYPE when set (float32
+    or bfloat16: runs comparable across machines, the tests' float32 references), else
+    bfloat16 (f32 accumulation) where the hardware computes it natively, else float32.
 
     On the phantom, 36 seeds' test AUCs with a bf16 first layer stayed within noise of f32
     (README, "Performance"), and bf16 halves the first layer's memory traffic; on a CPU without
     native bf16 it would be emulated and slower.
     """
+    forced = os.environ.get(FIRST_LAYER_ENV, "").strip()
+    if forced:
+        if forced not in ("float32", "bfloat16"):
+            raise ValueError(f"${FIRST_LAYER_ENV}={forced!r}: expected float32 or bfloat16")
+        return forced
     import jax
 
     if jax.default_backend() in ("gpu", "tpu"):

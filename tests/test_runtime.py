@@ -39,3 +39,18 @@ def test_unknown_xla_flags_are_not_used(tmp_path, monkeypatch):
     monkeypatch.setenv("MILPF_CACHE", str(tmp_path))
     flags = runtime.supported_xla_flags(("--xla_this_flag_does_not_exist=1",))
     assert flags == []
+
+
+def test_auto_first_layer_dtype_follows_the_variable(monkeypatch):
+    from milpf_jax import runtime
+
+    monkeypatch.setenv("MILPF_FIRST_LAYER_DTYPE", "bfloat16")
+    assert runtime.default_first_layer_dtype() == "bfloat16"
+    monkeypatch.setenv("MILPF_FIRST_LAYER_DTYPE", "float32")
+    assert runtime.default_first_layer_dtype() == "float32"
+    monkeypatch.setenv("MILPF_FIRST_LAYER_DTYPE", "fp8")
+    with pytest.raises(ValueError, match=r"MILPF_FIRST_LAYER_DTYPE='fp8': expected float32"):
+        runtime.default_first_layer_dtype()
+    monkeypatch.delenv("MILPF_FIRST_LAYER_DTYPE")
+    assert runtime.default_first_layer_dtype() == (
+        "bfloat16" if runtime.cpu_has_fast_bf16() else "float32")
