@@ -30,6 +30,8 @@ class CompareCommand:
     out: str | None = option(None, "folder for comparison.json and comparison.md "
                                    "(default: runs/compare-<UTC time>)")
     seed: int = option(0, "the bootstrap's seed")
+    task: str | None = option(None, "the task every run must have been trained on (default: "
+                                    "they must share one)")
 
     def __post_init__(self):
         check(self, len(self.runs) >= 2, "runs",
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     opts = config_from_args(CompareCommand, args, parser)
     ev = config_from_args(EvalConfig, args, parser)
-    result = compare_runs(opts.runs, n_boot=ev.bootstrap, seed=opts.seed,
+    result = compare_runs(opts.runs, task=opts.task, n_boot=ev.bootstrap, seed=opts.seed,
                           command=command_line("experiments/compare.py", argv))
     out = opts.out or default_run_dir("compare")
     write_comparison(out, result)

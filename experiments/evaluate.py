@@ -33,8 +33,11 @@ class EvaluateCommand:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_flags(p, EvaluateCommand)
-    add_config_flags(p, DataConfig, only=("mapping", "allow_partial"), switches=("allow_partial",),
-                     help=dict(mapping="label mapping (default: the one the run trained with)"))
+    add_config_flags(p, DataConfig, only=("task", "mapping", "allow_partial"),
+                     switches=("allow_partial",),
+                     help=dict(mapping="label mapping (default: the one the run trained with)",
+                               task="the task (default: the run's own where the store holds it, "
+                                    "else the store's first)"))
     add_config_flags(p, EvalConfig)
     return p
 
@@ -47,7 +50,8 @@ def main(argv=None) -> int:
     ev = config_from_args(EvalConfig, args, parser)
     command = command_line("experiments/evaluate.py", argv)
     out = Path(opts.run) / "external" / f"{Path(str(opts.store).rstrip('/')).stem}.json"
-    res = evaluate_external(opts.run, opts.store, mapping=data.mapping, n_boot=ev.bootstrap,
+    res = evaluate_external(opts.run, opts.store, task=data.task, mapping=data.mapping,
+                            n_boot=ev.bootstrap,
                             allow_partial=data.allow_partial, command=command,
                             predictions_path=out.with_suffix(".predictions.csv"))
     write_json(out, res)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(PhantomConfig, args, parser)
     manifest = make_phantom_cohort(opts.out, cfg, workers=opts.workers,
                                    progress=not opts.no_progress)
-    kinds = Counter(les["kind"] for les in read_lesions(manifest.parent / "lesions.csv"))
+    kinds = Counter(les["kind"] for les in read_lesions(manifest.parent / "manifest.lesions.csv"))
     print(
         f"wrote {manifest}: {cfg.n_bags * 2} images, {cfg.n_bags} bags, {cfg.n_patients} patients; "
         f"lesion views per kind: {dict(sorted(kinds.items()))}"

@@ -26,6 +26,7 @@ from milpf_jax import __version__
 from milpf_jax.config import as_dict, check, option, with_leaves
 from milpf_jax.data import labels
 from milpf_jax.data.packed import DataConfig, PackedBags, load_packed
+from milpf_jax.data.store import Store
 from milpf_jax.evaluation import metrics, runs, tables
 from milpf_jax.evaluation.results import (
     FOLDS_DEFINITION,
@@ -159,7 +160,8 @@ def train_grid(packed: PackedBags, cfg: SweepConfig = SweepConfig(), *,
         store=None if packed.info.get("store") is None else str(packed.info["store"]),
         store_attrs=attrs,
         data=dict(
-            mapping=packed.info["mapping"], split_seed=cfg.data.split_seed, fold=cfg.data.fold,
+            task=packed.info.get("task"), mapping=packed.info["mapping"],
+            split_seed=cfg.data.split_seed, fold=cfg.data.fold,
             excluded_by_mapping=packed.info["excluded"], skipped_unfinished=packed.info["skipped"],
             bags={s: int(np.sum(packed.splits == i)) for i, s in enumerate(labels.SPLIT_NAMES)},
             positives={s: int(np.sum(packed.labels[packed.splits == i]))
@@ -200,7 +202,8 @@ def write_run(out_dir, result: SweepResult, *, command: str = "") -> dict:
         store_attrs=info.get("attrs", {}), seed=result.table[best]["seed"],
         lr=result.table[best]["lr"], weight_decay=result.table[best]["weight_decay"],
         val_auc=float(np.asarray(state.best_val_auc)[best]),
-        best_epoch=int(np.asarray(state.best_epoch)[best]), mapping=info["mapping"],
+        best_epoch=int(np.asarray(state.best_epoch)[best]), task=info.get("task"),
+        mapping=info["mapping"],
         split_seed=cfg.data.split_seed, fold=cfg.data.fold, cohort=results["cohort"],
         command=command))
     runs.write_results(out, results, tables.format_markdown(results))
@@ -248,11 +251,12 @@ def run_repeated(store, cfg: SweepConfig, out_dir, *, split_seeds=(), folds: int
     return summary
 
 
-def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partial=False,
-                      command="", predictions_path=None) -> dict:
+def evaluate_external(run_dir, store, *, task=None, mapping=None, n_boot=1000,
+                      allow_partial=False, command="", predictions_path=None) -> dict:
     """Apply a run's best head to every bag of another store (an external test cohort).
 
-    Thresholds stay those fixed on the run's own validation split. Returns a results dict
+    Thresholds stay those fixed on the run's own validation split. The task is `task`, else the
+    run's own where the store holds it, else the store's default. Returns a results dict
     (test: metrics with 95% CIs); writes only `predictions_path`, if given: every bag's ids,
     label and probability (`milpf_jax.evaluation.runs.SCORE_COLUMNS`).
     """
@@ -265,7 +269,12 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
     run_dir = Path(run_dir)
     head = load_head(runs.best_dir(run_dir))
     meta = read_metadata(runs.best_dir(run_dir))
-    packed = load_packed(store, mapping=mapping or meta.get("mapping"),
+    if not isinstance(store, Store):
+        store = Store.open(store)
+    held = [t for t, _ in store.tasks()]
+    if task is None and meta.get("task") in held:
+        task = meta["task"]
+    packed = load_packed(store, task=task, mapping=mapping or meta.get("mapping"),
                          allow_partial=allow_partial)
     if packed.dim != head.dim:
         raise ValueError(f"store {store} holds D={packed.dim} embeddings but the head in "
@@ -288,7 +297,8 @@ def evaluate_external(run_dir, store, *, mapping=None, n_boot=1000, allow_partia
     return dict(
         format_version=runs.RESULTS_FORMAT_VERSION, command=command, run=str(run_dir),
         cohort=attrs.get("cohort_spec") or None,
-        store=str(packed.info["store"]), store_attrs=attrs, mapping=packed.info["mapping"],
+        store=str(packed.info["store"]), store_attrs=attrs, task=packed.info["task"],
+        mapping=packed.info["mapping"],
         data=dict(bags=int(packed.n_bags), positives=int(scores.labels.sum()),
                   excluded_by_mapping=packed.info["excluded"]),
         test=best_with_ci(scores.labels, scores.p, scores.patients, val.labels, val.p,

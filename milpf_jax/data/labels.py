@@ -16,7 +16,9 @@ from milpf_jax.config import parse_k_of_n
 
 SPLIT_NAMES = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
+TRAINVAL = 3  # given: a dataset's own training part; validation is drawn from it here
 VAL_FRACTION = 0.1  # of all patients, in the 70/10/20 split and in every fold of a k-fold split
+TRAINVAL_VAL_FRACTION = 1 / 8  # of a given trainval part's patients (70/10 of the paper's 80)
 
 # Paper, section 3.1: "we use BI-RADS 1 as negative, and BI-RADS 4, 5 and 6 as positive";
 # 0, 2 and 3 are left out of the task.
@@ -106,9 +108,14 @@ def make_splits(
 ) -> np.ndarray:
     """Split bags 70/10/20 by patient, stratified by raw label; a manifest's split wins.
 
+    A manifest's `trainval` (a dataset's official training part, its test split kept) is cut
+    here: TRAINVAL_VAL_FRACTION of its patients, stratified by raw label and drawn with `seed`,
+    validate; the rest train.
+
     Args:
       patient_ids, raw_labels: [B] per bag.
-      split_given: [B] int, 0/1/2 where the manifest fixed the split, -1 elsewhere.
+      split_given: [B] int, 0/1/2 (or 3, trainval) where the manifest fixed the split, -1
+        elsewhere.
       seed: the split seed; the same seed gives the same split.
     Returns:
       int8 [B] split codes (0 train, 1 val, 2 test). All bags of a patient share one split.
@@ -121,9 +128,10 @@ def make_splits(
         if g < 0:
             continue
         if fixed.setdefault(str(p), int(g)) != g:
+            names = (*SPLIT_NAMES, "trainval")
             raise ValueError(
                 f"patient {p!r} has bags in two given splits "
-                f"({SPLIT_NAMES[fixed[str(p)]]} and {SPLIT_NAMES[g]}): a patient must stay in one"
+                f"({names[fixed[str(p)]]} and {names[g]}): a patient must stay in one"
             )
     free = np.array([str(p) not in fixed for p in patient_ids])
     split = np.full(len(patient_ids), -1, dtype=np.int8)
@@ -134,6 +142,12 @@ def make_splits(
         patients, strata = _patient_strata(patient_ids[free], raw_labels[free])
         assigned = dict(zip(patients, _split_patients(strata, seed, fractions)))
         split[free] = [assigned[str(p)] for p in patient_ids[free]]
+    pooled = split == TRAINVAL
+    if pooled.any():
+        patients, strata = _patient_strata(patient_ids[pooled], raw_labels[pooled])
+        share = (1.0 - TRAINVAL_VAL_FRACTION, TRAINVAL_VAL_FRACTION)
+        inner = dict(zip(patients, _split_patients(strata, seed, share)))
+        split[pooled] = [VAL if inner[str(p)] == 1 else TRAIN for p in patient_ids[pooled]]
     return split
 
 

@@ -20,6 +20,7 @@ from milpf_jax.config import check, option
 from milpf_jax.data import labels
 from milpf_jax.data.store import DONE, FAILED, Store
 from milpf_jax.files import write_text
+from milpf_jax.reading.cohort import task_name_of
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,12 @@ class DataConfig:
     Applied at load time, so a new mapping or split costs seconds, not a re-extraction.
     """
 
+    task: str | None = option(
+        None, "the task to train on, of those the store holds raw labels for (a public "
+              "cohort's: vindr birads, mass, calcification; embed birads, pathology); default: "
+              "its first")
     mapping: str | None = option(
-        None, "label mapping (default: the store's label kind's: birads, binary, mias -> "
+        None, "label mapping (default: the task's label kind's: birads, binary, mias -> "
               "abnormal)")
     split_seed: int = option(0, "seed of the patient-grouped 70/10/20 split (a manifest's "
                                 "split wins)")
@@ -132,6 +137,7 @@ class PackedBags:
 def load_packed(
     store: Store | str,
     *,
+    task: str | None = None,
     mapping: str | None = None,
     split_seed: int = 0,
     fold: str | None = None,
@@ -142,7 +148,9 @@ def load_packed(
 
     Args:
       store: a Store or a path.
-      mapping: a name in labels.MAPPINGS; default: the one for the store's `label_kind`. Bags
+      task: which of the store's tasks' raw labels to use (`Store.tasks`); default: its first.
+        Bags the task leaves out (raw label "") are dropped and counted like a mapping's.
+      mapping: a name in labels.MAPPINGS; default: the one for the task's label kind. Bags
         whose raw label the mapping leaves out are dropped and counted in info["excluded"].
       split_seed: seed of the 70/10/20 patient-grouped split (a manifest's split wins). Splits
         are drawn over every planned bag, so they do not change with the mapping.
@@ -167,10 +175,10 @@ def load_packed(
             f"{[str(bag_ids[i]) for i in not_done[:3]]}). Finish the extraction, or pass "
             "allow_partial=True (--allow-partial) to skip them."
         )
-    raw = store.array("raw_label")
+    task_name, label_kind, raw = store.task_raw_labels(task)
     patients = store.array("patient_id")
     exams, sides = store.array("exam_id"), store.array("laterality")
-    mapping_name, table = labels.resolve_mapping(mapping, attrs["label_kind"])
+    mapping_name, table = labels.resolve_mapping(mapping, label_kind)
     mapped = labels.map_labels(raw, table)
     if fold is None:
         splits = labels.make_splits(patients, raw, store.array("split_given"), seed=split_seed)
@@ -183,6 +191,7 @@ def load_packed(
     kept = np.flatnonzero(keep)
     views, views_mask, tiles, tile_bag, tile_view, tile_boxes = _read_kept(store, kept, dtype)
     info = dict(
+        task=task_name,
         mapping=mapping_name,
         split_seed=int(split_seed),
         fold=fold,
@@ -304,8 +313,8 @@ def pack(views, views_mask, tiles, tiles_mask, *, raw_labels, mapping=None, labe
         lateralities=per_bag(lateralities, [""] * b)[kept],
         raw_labels=raw[kept],
         store_index=np.full(len(kept), -1, np.int32),
-        info=dict(mapping=mapping_name, split_seed=int(split_seed), fold=None,
-                  excluded=labels.excluded_counts(raw, mapped), skipped=0, store=None,
+        info=dict(task=task_name_of(label_kind), mapping=mapping_name, split_seed=int(split_seed),
+                  fold=None, excluded=labels.excluded_counts(raw, mapped), skipped=0, store=None,
                   attrs=dict(label_kind=label_kind)),
     )
 

@@ -10,9 +10,13 @@ Schema (DESIGN.md, "Embeddings store"), format version 2, bag axis first:
   view_path, view_name [B, Vmax] str;  view_flipped [B, Vmax] bool;  view_shape [B, Vmax, 2] int32
   raw_label [B] str;  split_given [B] int8;  bag_id, patient_id [B] str
   exam_id, laterality [B] str        the bag's exam and breast ("" where a store has none)
+  task_labels [B, K] str             a cohort whose tasks are named (a public cohort's birads,
+                                     mass, calcification; rsna's one cancer): each task's raw
+                                     label ("" = left out); raw_label is the first (default) one
   status    [B] int8                 0 pending, 1 done, 2 failed; written last per bag
 
-Attributes: format_version, label_kind, encoder, model_id, dim, preprocessing, cohort (its name)
+Attributes: format_version, label_kind, tasks ([[task, label kind], ...] when named), encoder,
+model_id, dim, preprocessing, cohort (its name)
 and cohort_spec (the spec that reads the cohort again, `milpf_jax.reading.sources`), chunk_bags,
 batch_size, package_version. A version-1 store (no exam_id, laterality) is refused with the
 command that upgrades it in place: `python -m milpf_jax.data.upgrade STORE`.
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from milpf_jax import __version__
+from milpf_jax.reading.cohort import task_name_of
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,7 @@ class BagPlan:
     )
     exam_id: str = ""  # "" where the bags name no exam (synthetic stores)
     laterality: str = ""  # "L", "R", or ""
+    task_labels: tuple[str, ...] = ()  # one raw label per task of attrs["tasks"], when named
 
     @property
     def n_views(self) -> int:
@@ -146,6 +152,10 @@ class Store:
             raise ValueError(f"store {path}: the plan has no bags")
         if "label_kind" not in attrs:
             raise ValueError(f"store {path}: attrs must include 'label_kind'")
+        n_tasks = len(attrs.get("tasks") or ())
+        if n_tasks and any(len(b.task_labels) != n_tasks for b in bags):
+            raise ValueError(f"store {path}: every bag needs one raw label per task "
+                             f"({n_tasks}: {[t for t, _ in attrs['tasks']]})")
         ids = [b.bag_id for b in bags]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
@@ -202,7 +212,8 @@ class Store:
             ("exam_id", np.array([b.exam_id for b in bags], dtype=object), str, ""),
             ("laterality", np.array([b.laterality for b in bags], dtype=object), str, ""),
             ("status", np.zeros(n, np.int8), "int8", PENDING),
-        ]:
+        ] + ([("task_labels", np.array([b.task_labels for b in bags], dtype=object), str, "")]
+             if n_tasks else []):
             a = array(name, value.shape, dtype, fill)
             a[...] = value.astype(str) if dtype is str else value
         meta = dict(attrs)
@@ -256,6 +267,29 @@ class Store:
     @property
     def attrs(self) -> dict:
         return dict(self._g.attrs)
+
+    def tasks(self) -> list[tuple[str, str]]:
+        """(task, label kind) of every task the store holds raw labels for, the default first."""
+        attrs = self._g.attrs
+        held = attrs.get("tasks")
+        if held:
+            return [(str(t), str(k)) for t, k in held]
+        return [(task_name_of(attrs["label_kind"]), attrs["label_kind"])]
+
+    def task_raw_labels(self, task: str | None) -> tuple[str, str, np.ndarray]:
+        """(task, label kind, [B] raw labels) of `task` (None: the default task); an unknown
+        task raises naming the store's tasks."""
+        tasks = self.tasks()
+        names = [t for t, _ in tasks]
+        if task is None:
+            task = names[0]
+        if task not in names:
+            raise ValueError(f"store {self.path}: no task {task!r}; it holds "
+                             f"{', '.join(names)} (choose one with --task)")
+        i = names.index(task)
+        raw = (self.array("task_labels")[:, i] if self._g.attrs.get("tasks")
+               else self.array("raw_label"))
+        return task, tasks[i][1], raw
 
     @property
     def n_bags(self) -> int:
@@ -347,7 +381,7 @@ PLAN_WAIT_S = 3600.0  # how long shards other than 0 wait for shard 0's plan
 STORE_ARRAYS = frozenset({
     "global", "tiles", "global_mask", "tiles_mask", "tile_boxes", "view_path", "view_name",
     "view_flipped", "view_shape", "raw_label", "split_given", "bag_id", "patient_id", "exam_id",
-    "laterality", "status",
+    "laterality", "status", "task_labels",
 })  # fmt: skip
 
 

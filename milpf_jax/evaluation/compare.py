@@ -19,7 +19,12 @@ import numpy as np
 from milpf_jax.evaluation.bootstrap import BOOTSTRAP_METRICS, holm, paired_bootstrap
 from milpf_jax.evaluation.metrics import EXAM_METRICS, TABLE_METRICS, Scores
 from milpf_jax.evaluation.results import exams_of
-from milpf_jax.evaluation.runs import prediction_arrays, read_predictions
+from milpf_jax.evaluation.runs import (
+    check_task,
+    prediction_arrays,
+    read_predictions,
+    recorded_task,
+)
 from milpf_jax.files import write_json, write_text
 
 COMPARISON_FORMAT_VERSION = 1
@@ -102,11 +107,13 @@ def _short_names(run_dirs: list[Path]) -> list[str]:
     raise ValueError(f"compare_runs: a run folder is given twice: {[str(d) for d in run_dirs]}")
 
 
-def compare_runs(run_dirs, *, n_boot: int = 1000, seed: int = 0, command: str = "") -> dict:
+def compare_runs(run_dirs, *, task: str | None = None, n_boot: int = 1000, seed: int = 0,
+                 command: str = "") -> dict:
     """Each run against the first (the reference), paired on their common test bags.
 
     Args:
       run_dirs: finished sweep folders (each with predictions.csv); the first is the reference.
+      task: the task every run must have been trained on (None: they must share one).
       n_boot: patient-bootstrap resamples; seed: their numpy seed.
 
     Returns:
@@ -120,6 +127,14 @@ def compare_runs(run_dirs, *, n_boot: int = 1000, seed: int = 0, command: str = 
     names = _short_names(run_dirs)
     if n_boot < 1:
         raise ValueError(f"compare_runs: n_boot must be >= 1, got {n_boot}")
+    tasks = {}
+    for d in run_dirs:
+        if (d / "results.json").is_file():
+            check_task(d, task)
+            tasks[str(d)] = recorded_task(d)
+    if len({t for t in tasks.values() if t is not None}) > 1:
+        raise ValueError(f"compare_runs: the runs were trained on different tasks ({tasks}): "
+                         "a paired comparison needs one task")
     runs = [RunPredictions.read(d, name) for d, name in zip(run_dirs, names, strict=True)]
     comparisons = [_paired(runs[0], r, n_boot=n_boot, seed=seed) for r in runs[1:]]
     for level in ("metrics", "exam"):

@@ -93,6 +93,20 @@ def recorded_cohort(run_dir) -> str:
     return spec
 
 
+def recorded_task(run_dir) -> str | None:
+    """The task a run was trained on (results.json's data.task); None for a run that records
+    none (made before stores held several tasks: its store's only task)."""
+    return (read_results(run_dir).get("data") or {}).get("task")
+
+
+def check_task(run_dir, task: str | None) -> None:
+    """Refuse a run trained on another task than `task` (None: any), naming both."""
+    held = recorded_task(run_dir)
+    if task is not None and held is not None and held != task:
+        raise ValueError(f"{run_dir} was trained on task {held!r}, not {task!r}: its "
+                         "predictions and thresholds are for that task")
+
+
 def best_dir(run_dir) -> Path:
     """The best head's checkpoint folder of a run folder (or the folder itself, if it is one)."""
     path = Path(run_dir)

@@ -61,6 +61,7 @@ class ExplainConfig:
 
     split: Literal["train", "val", "test", "all"] = option(
         "test", "the run's split to explain, or all of the cohort")
+    task: str | None = option(None, "the task (default: the run's own; another is refused)")
     max_bags: int | None = option(None, "only the first N bags of the split", flag="bags")
     overlap: float = option(DEFAULT_OVERLAP, "tile overlap for the maps (the paper's 0.75)")
     lesions: str | None = option(
@@ -280,11 +281,17 @@ def load_explainer(
       batch_size: encoder inputs per forward pass; None = the store's.
     """
     from milpf_jax.extraction import encoders
+    from milpf_jax.extraction.extract import tiling_from_attrs
     from milpf_jax.learning.checkpoint import load_head
-    from milpf_jax.reading.tiling import TilingConfig
+    from milpf_jax.reading.imaging import READER_VERSION
 
     attrs = _run_store_attrs(run_dir)
-    tiling = dataclasses.replace(TilingConfig(**attrs["preprocessing"]), overlap=float(overlap))
+    tiling, reader_version = tiling_from_attrs(attrs["preprocessing"])
+    tiling = dataclasses.replace(tiling, overlap=float(overlap))
+    if reader_version != READER_VERSION:
+        log.warning("the store was read under reading rule %s, the images are now read under "
+                    "rule %s (milpf_jax.reading.imaging); maps may differ", reader_version,
+                    READER_VERSION)
     encoder = encoders.get_encoder(attrs["encoder"], model_dir=model_dir,
                                    device=encoders.resolve_device(device),
                                    precision=precision or attrs.get("precision") or "auto")
@@ -316,7 +323,8 @@ def read_truths(csv_path) -> list[tuple[str, str, tuple, str]]:
     """Ground-truth boxes from a CSV: (view_ref, path, (y0, x0, y1, x1), kind) per row.
 
     Columns: y0, x0, y1, x1 (half-open, source pixels), `view_ref` and/or `path` (relative to
-    the CSV's folder), optionally `kind` (default "lesion"). The phantom's lesions.csv is one.
+    the CSV's folder), optionally `kind` (default "lesion"). A manifest's `<stem>.lesions.csv`
+    (the phantom's `manifest.lesions.csv`) is one.
     """
     csv_path = Path(csv_path)
     with open(csv_path, newline="", encoding="utf-8") as f:
@@ -488,6 +496,8 @@ def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohor
     from milpf_jax.reading.sources import read_cohort
 
     run_dir, out = Path(run_dir), Path(out_dir)
+    if (run_dir / "results.json").is_file():
+        runs.check_task(run_dir, cfg.task)
     if not isinstance(cohort, Cohort):
         if cohort is None:
             try:

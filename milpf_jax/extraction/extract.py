@@ -65,6 +65,7 @@ from milpf_jax.extraction.inputs import PlanJob, ordered
 from milpf_jax.paths import stores_dir
 from milpf_jax.progress import progress_bar
 from milpf_jax.reading.cohort import Cohort
+from milpf_jax.reading.imaging import READER_VERSION
 from milpf_jax.reading.sources import read_cohort
 from milpf_jax.reading.tiling import TilingConfig
 
@@ -123,7 +124,24 @@ def cohort_identity(cohort: Cohort) -> str:
          [[i.path, i.view, i.laterality] + ([i.ref] if i.ref else []) for i in b.images]]
         for b in cohort.bags
     ]  # fmt: skip
+    if cohort.tasks:  # named tasks: every task's raw labels are copied too
+        tasks = [list(cohort.tasks), [list(b.task_labels) for b in cohort.bags]]
+        return _digest([cohort.name, cohort.label_kind, bags, tasks])[:16]
     return _digest([cohort.name, cohort.label_kind, bags])[:16]
+
+
+def preprocessing_attrs(tiling: TilingConfig) -> dict:
+    """The store's `preprocessing` attribute: the tiling's settings and the reading rule's version
+    (`imaging.READER_VERSION`), so a store read under another rule is refused, never mixed in."""
+    return dict(dataclasses.asdict(tiling), reader_version=READER_VERSION)
+
+
+def tiling_from_attrs(preprocessing) -> tuple[TilingConfig, int]:
+    """(TilingConfig, reader version) of a store's `preprocessing` attribute; the inverse of
+    `preprocessing_attrs`. A store made before the version was recorded was read under rule 1."""
+    settings = dict(preprocessing)
+    version = int(settings.pop("reader_version", 1))
+    return TilingConfig(**settings), version
 
 
 def expected_attrs(cohort: Cohort, cfg: ExtractConfig, spec) -> dict:
@@ -132,10 +150,11 @@ def expected_attrs(cohort: Cohort, cfg: ExtractConfig, spec) -> dict:
     return {
         "cohort": cohort.name,
         "label_kind": cohort.label_kind,
+        **({"tasks": [list(t) for t in cohort.tasks]} if cohort.tasks else {}),
         "encoder": spec.name,
         "model_id": spec.model_id,
         "dim": int(spec.dim),
-        "preprocessing": dataclasses.asdict(tiling),
+        "preprocessing": preprocessing_attrs(tiling),
     }
 
 
@@ -192,7 +211,8 @@ def _plan(cohort: Cohort, tiling: TilingConfig, cfg: ExtractConfig, csv_path: Pa
                 )
             failed[i] = failures[0][1]
             plan = BagPlan(bag.bag_id, bag.patient_id, bag.raw_label, bag.split_given,
-                           exam_id=bag.exam_id, laterality=bag.laterality)
+                           exam_id=bag.exam_id, laterality=bag.laterality,
+                           task_labels=bag.task_labels)
         plans.append(plan)
     return plans, dict(excluded), failed
 

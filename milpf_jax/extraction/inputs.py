@@ -63,6 +63,7 @@ def plan_bag(bag: BagSpec, tiling: TilingConfig):
         tile_boxes=np.concatenate(boxes).astype(np.int32).reshape(-1, 5),  # [T, 5]
         exam_id=bag.exam_id,
         laterality=bag.laterality,
+        task_labels=bag.task_labels,
     )
     return plan, excluded, []
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # -1 = none given
+# -1 = none given. "trainval": a dataset's own training part (its test split is kept); validation
+# is drawn from it at load time (`milpf_jax.data.labels.make_splits`).
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "trainval": 3}
 BIRADS_VALUES = ("0", "1", "2", "3", "4", "4A", "4B", "4C", "5", "6")
 BINARY_VALUES = ("0", "1")
 
@@ -37,6 +39,8 @@ class BagSpec:
     raw_label: str  # as given: "1", "4A", "0"/"1" for binary, "N"/"B"/"M" for mias
     split_given: int  # SPLIT_CODES value or -1
     images: tuple[ImageRef, ...]  # views in a stable order (CC before MLO, then by path)
+    task_labels: tuple[str, ...] = ()  # one raw label per Cohort.tasks ("" = left out); () when
+    # the cohort's one task is its label kind (then raw_label is it)
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,18 @@ class Cohort:
     bags: tuple[BagSpec, ...]  # sorted by bag_id
     lesions: tuple[Lesion, ...] = ()  # ground truth boxes where known
     spec: str = ""  # the cohort spec that reads it again (sources.read_cohort); "" if none
+    tasks: tuple[tuple[str, str], ...] = ()  # (task, label kind) per task column, the default
+    # first, when a manifest names its tasks (a public cohort's birads, mass, calcification, or
+    # its one `cancer`); () means one task, `label_kind`
+
+    def task_list(self) -> tuple[tuple[str, str], ...]:
+        """(task, label kind) of every task; a one-task cohort's task is named by its kind."""
+        return self.tasks or ((task_name_of(self.label_kind), self.label_kind),)
+
+
+def task_name_of(label_kind: str) -> str:
+    """The task name of a one-task cohort: its label column ("birads", "label") or kind."""
+    return "label" if label_kind == "binary" else label_kind
 
 
 def normalize_label(kind: str, value: str) -> str | None:

@@ -1,11 +1,20 @@
 """Read one mammogram (DICOM, PNG, PGM, TIFF) into float32 [0, 1] with the breast on the left.
 
-DICOM goes through pydicom in display order: Modality LUT (rescale slope/intercept or Modality
-LUT Sequence), then VOI LUT (VOI LUT Sequence, else window centre/width with the VOI LUT Function
-LINEAR, LINEAR_EXACT or SIGMOID), then MONOCHROME1 inversion. Values stay float64 until the final
-cast, so 12-16-bit data keep every distinct level. Compressed transfer syntaxes decode through
-permissively licensed plugins: JPEG 2000 via pylibjpeg-openjpeg (MIT), JPEG lossless and JPEG-LS
-via python-gdcm (BSD). PNG, PGM and TIFF (8 or 16 bit) go through Pillow.
+One rule for every file, whatever its encoding: render the image as the file says, then stretch
+the rendered image's own minimum..maximum to [0, 1] (a constant image reads as zeros). A DICOM is
+rendered by pydicom in display order: Modality LUT (rescale slope/intercept or Modality LUT
+Sequence), then VOI LUT (the VOI LUT Sequence's first table, else the first window centre/width
+with the VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID), then MONOCHROME1 inversion so that
+dense tissue is bright. PNG, PGM and TIFF (8 or 16 bit) are rendered as stored, through Pillow.
+Every non-clipping linear window or LUT, and the inversion, is a monotone linear map, which the
+stretch undoes: pixel-identical renderings of one picture (stored plainly, under a window,
+through a linear LUT, as MONOCHROME1) read as the same [0, 1] image. A window that clips, or a
+sigmoid, is another rendering and legitimately reads as another image. `READER_VERSION` names
+this rule in every store's preprocessing attributes.
+
+Values stay float64 until the final cast, so 12-16-bit data keep every distinct level.
+Compressed transfer syntaxes decode through permissively licensed plugins: JPEG 2000 via
+pylibjpeg-openjpeg (MIT), JPEG lossless and JPEG-LS via python-gdcm (BSD).
 
 Which side holds the breast is decided from the pixels, never from the laterality tag: archives
 differ, and mini-MIAS shows left breasts on the right of the image. Every image is mirrored so the
@@ -25,9 +34,15 @@ import numpy as np
 
 from milpf_jax.reading import dicom
 
-__all__ = ["ExcludedView", "ImageReadError", "MammoImage", "read_image"]
+__all__ = ["READER_VERSION", "ExcludedView", "ImageReadError", "MammoImage", "read_image"]
 
 PILLOW_SUFFIXES = (".png", ".pgm", ".pnm", ".tif", ".tiff")
+
+# The reading rule, recorded in every store's preprocessing attributes (`extraction.extract`): a
+# store read under another rule holds other encoder inputs, so it is refused, never mixed in.
+#   1  a DICOM's VOI output range mapped to [0, 1]; files without a VOI by their own min..max
+#   2  every file rendered as it says, then stretched by its own min..max (`_min_max`)
+READER_VERSION = 2
 
 # The flip test looks at a small copy: the breast is large, a label or a marker is not.
 FLIP_TEST_SIDE = 256
@@ -75,16 +90,13 @@ class MammoImage:
     path: str
 
 
-def _unit_range(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map [lo, hi] linearly to [0, 1] (clipped), in float64."""
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
-
-
 def _min_max(values: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] by the image's own range; a constant image becomes all zeros.
+    """Stretch the image's own minimum..maximum to [0, 1], in float64; a constant image -> zeros.
 
-    Used when no VOI transform gives a display range (PNG/TIFF, DICOM without one), as the
-    original MIL-PF code normalises every image.
+    The last step for every file, as the original MIL-PF code normalises every image: any
+    monotone increasing linear map of the values before it leaves its output unchanged. One
+    pixel brighter than all tissue (a calcification speck, a hot detector pixel) sets the
+    maximum and so darkens the rest of the view.
     """
     values = values.astype(np.float64)
     lo, hi = float(values.min()), float(values.max())
@@ -139,38 +151,19 @@ def _read_dataset(path: str):
         raise ImageReadError(path, f"unreadable DICOM (truncated or corrupt?): {err}") from err
 
 
-def _voi_lut_range(ds) -> tuple[float, float]:
-    """Output range of the first VOI LUT: the smallest and largest entry of the table.
-
-    The table's own values rather than 2**bits - 1 from its descriptor, because some vendors
-    declare 16 bits and fill only 12.
-    """
-    from pydicom.pixels import apply_voi
-
-    n_entries, first = ds.VOILUTSequence[0].LUTDescriptor[:2]
-    table = apply_voi(np.arange(first, first + (n_entries or 2**16), dtype=np.int64), ds)
-    return float(table.min()), float(table.max())
-
-
-def _window_range(ds) -> tuple[float, float]:
-    """Output range of pydicom's windowing: it maps -inf and +inf to its y_min and y_max.
-
-    Asking pydicom keeps one source of truth for how that range depends on Bits Stored, the
-    pixel representation, rescaling and a Modality LUT.
-    """
-    from pydicom.pixels import apply_windowing
-
-    ends = apply_windowing(np.array([-np.inf, np.inf]), ds)
-    return float(ends[0]), float(ends[1])
-
-
 def _has_voi_lut(ds) -> bool:
     seq = ds.get("VOILUTSequence", None)
     return bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
 
 
-def dicom_to_unit(ds, path: str) -> np.ndarray:
-    """Decoded pixels of `ds` -> [H, W] float64 in [0, 1], display order, bright = dense."""
+def render_dicom(ds, path: str) -> np.ndarray:
+    """Decoded pixels of `ds` as the file says to show them: [H, W] float64, bright = dense.
+
+    Modality LUT, then the VOI LUT Sequence's first table, else the first window centre/width
+    (pydicom's `apply_voi` / `apply_windowing`, which honour the VOI LUT Function), else the
+    modality values as they are; MONOCHROME1 (the minimum value is displayed white) is negated.
+    The values keep the transform's own units: `dicom_to_unit` stretches them.
+    """
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
     try:
@@ -183,27 +176,22 @@ def dicom_to_unit(ds, path: str) -> np.ndarray:
     values = apply_modality_lut(stored, ds)
     if _has_voi_lut(ds):
         # A VOI LUT indexes integer modality values; rounding drops float noise from rescaling.
-        lo, hi = _voi_lut_range(ds)
-        shown = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
+        shown = apply_voi(np.rint(values).astype(np.int64), ds)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        lo, hi = _window_range(ds)
         shown = apply_windowing(values, ds)
     else:
-        lo, hi = None, None
         shown = values
-    if lo is None:
-        unit = _min_max(shown)
-    elif hi <= lo:
-        raise ImageReadError(path, f"VOI transform has an empty output range [{lo}, {hi}]")
-    else:
-        unit = _unit_range(shown.astype(np.float64), lo, hi)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        unit = 1.0 - unit  # MONOCHROME1: the minimum value is displayed white
-    return unit
+    shown = np.asarray(shown, dtype=np.float64)
+    return -shown if ds.PhotometricInterpretation == "MONOCHROME1" else shown
+
+
+def dicom_to_unit(ds, path: str) -> np.ndarray:
+    """Decoded pixels of `ds` -> [H, W] float64 in [0, 1]: rendered, then stretched by min..max."""
+    return _min_max(render_dicom(ds, path))
 
 
 def _pillow_to_unit(path: str) -> np.ndarray:
-    """PNG/PGM/TIFF (8 or 16 bit greyscale) -> [H, W] float64 in [0, 1] by min-max."""
+    """PNG/PGM/TIFF (8 or 16 bit greyscale) -> [H, W] float64 in [0, 1]: as stored, by min..max."""
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -5,9 +5,12 @@ A spec is a manifest CSV's path (`data/manifest.csv`), or `NAME:ARG` for a regis
 reads records the spec that reads it again (`Cohort.spec`): stores and results keep it, so a
 later step (explain, subgroups, predict) finds the cohort without being told.
 
-Built in: manifest CSVs and `mias:DIR`. Other packages (the phantom in `milpf_jax.synthetic`,
-or your own adapter) add theirs through the entry-point group `milpf_jax.cohort_sources`, each
-naming a `CohortSource`, or by calling `register_source` at import; reading never imports them.
+Built in: manifest CSVs, `mias:DIR`, and the public cohorts `vindr:DIR`, `rsna:DIR`, `embed:DIR`,
+`cbis:DIR`, `inbreast:DIR` (`milpf_jax.reading.public`: the seeded manifest, built into the
+cache from the dataset's own tables, names the same cohort as the manifest built from them).
+Other packages (the phantom in `milpf_jax.synthetic`, or your own adapter) add theirs through
+the entry-point group `milpf_jax.cohort_sources`, each naming a `CohortSource`, or by calling
+`register_source` at import; reading never imports them.
 
     cohort = read_cohort("mias:../shared/data/mias-dev")
     manifest_of("phantom")             # the CSV behind a spec, for columns such as density
@@ -107,3 +110,22 @@ def manifest_of(spec, *, cache_dir=None) -> Path | None:
 register_source(CohortSource(
     name="mias", usage="'mias:DIR' (a mini-MIAS folder)",
     read=lambda arg, *, cache_dir=None, progress=True: mias(arg)))
+
+
+def _dataset_source(name: str) -> CohortSource:
+    from milpf_jax.reading import public
+
+    def read(arg, *, cache_dir=None, progress=True):
+        import dataclasses
+
+        cohort = public.read_dataset(name, arg, cache_dir=cache_dir)
+        return dataclasses.replace(cohort, spec=f"{name}:{arg}")
+
+    return CohortSource(
+        name=name, usage=f"'{name}:DIR' (the {name} dataset's folder, as distributed)", read=read,
+        manifest=lambda arg, *, cache_dir=None: public.cached_manifest(name, arg,
+                                                                        cache_dir=cache_dir))
+
+
+for _name in ("vindr", "rsna", "embed", "cbis", "inbreast"):
+    register_source(_dataset_source(_name))

@@ -146,7 +146,7 @@ def synthetic_packed(cfg: SyntheticConfig, *, split_seed: int = 0,
         lateralities=np.array([p.laterality for p in plans]),
         raw_labels=raw,
         store_index=np.arange(len(plans), dtype=np.int32),
-        info=dict(mapping=mapping, split_seed=int(split_seed), excluded={}, skipped=0,
+        info=dict(task="label", mapping=mapping, split_seed=int(split_seed), excluded={}, skipped=0,
                   store=None, synthetic=dataclasses.asdict(cfg)),
     )
 

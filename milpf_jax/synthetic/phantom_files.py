@@ -5,12 +5,13 @@ Layout of a cohort (`make_phantom_cohort`):
     out_dir/images/P0001_E1_1.dcm ...  one MG "for presentation" file per view
     out_dir/manifest.csv               path, patient_id, exam_id, laterality, view, birads,
                                        lesion_kinds (one row per image; path relative to the CSV)
-    out_dir/lesions.csv                one row per lesion per view, box in source pixels
+    out_dir/manifest.lesions.csv      one row per lesion per view, box in source pixels (the name
+                                       every manifest's lesions file has: `<stem>.lesions.csv`)
     out_dir/phantom.json               config + version, written last (the cache key)
 
 Each rendered view is encoded into stored values through the inverse of its own VOI transform,
 so a reader that applies the window or VOI LUT and inverts MONOCHROME1 gets the display values
-back.
+back (up to the reader's stretch of each image's own min..max).
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def _cached(out_dir: Path, cfg: PhantomConfig) -> bool:
     want = _provenance(cfg)
     if stored.get("version") != want["version"] or stored.get("config") != want["config"]:
         return False
-    if not (out_dir / "lesions.csv").is_file():
+    if not (out_dir / "manifest.lesions.csv").is_file():
         return False
     try:
         with open(out_dir / "manifest.csv", newline="", encoding="utf-8") as f:
@@ -290,7 +291,8 @@ def make_phantom_cohort(
                 bar.update(n)
     if bar is not None:
         bar.close()
-    write_text(out_dir / "lesions.csv", _csv_text(LESION_COLUMNS, _lesion_rows(plans, cfg)))
+    write_text(out_dir / "manifest.lesions.csv",
+               _csv_text(LESION_COLUMNS, _lesion_rows(plans, cfg)))
     write_text(manifest, _csv_text(MANIFEST_COLUMNS + ("lesion_kinds",), _manifest_rows(plans)))
     write_text(out_dir / "phantom.json", json.dumps(_provenance(cfg), indent=2) + "\n")
     return manifest

@@ -3,7 +3,7 @@
 Declared in pyproject.toml under the entry points `milpf_jax.cohort_sources`, so
 `read_cohort("phantom")` finds it without the reading layer importing the phantom. The cohort is
 written once to `<cache>/cohorts/phantom-<hash of its config>/` and reused after; its lesion
-boxes (`lesions.csv`) come with it as `Cohort.lesions`. "phantom:n_patients=8,rows=256"
+boxes (`manifest.lesions.csv`) come with it as `Cohort.lesions`. "phantom:n_patients=8,rows=256"
 overrides PhantomConfig fields (a quick cohort for tests and trials).
 """
 
@@ -54,7 +54,7 @@ def read_phantom(overrides: str = "", *, cache_dir=None, progress: bool = True) 
     lesions = tuple(
         Lesion(path=row["path"], box=(row["y0"], row["x0"], row["y1"], row["x1"]),
                kind=row["kind"], severity="M" if row["kind"] in MALIGNANT_KINDS else "B")
-        for row in read_lesions(manifest.parent / "lesions.csv"))
+        for row in read_lesions(manifest.parent / "manifest.lesions.csv"))
     spec = f"phantom:{overrides}" if overrides else "phantom"
     return dataclasses.replace(read_manifest(manifest), name="phantom", lesions=lesions,
                                spec=spec)

@@ -84,3 +84,25 @@ def test_folds_test_every_patient_once_keep_patients_whole_and_stratify():
         with pytest.raises(ValueError, match="expected k/n"):
             labels.parse_fold(bad)
     assert labels.parse_fold("4/10") == (4, 10)
+
+
+def test_trainval_is_cut_into_train_and_val_and_the_given_test_is_kept():
+    from milpf_jax.data.labels import TRAINVAL
+
+    n = 400  # patients 0..319 in the official training part, 320..399 its test
+    patients = [f"P{i:03d}" for i in range(n) for _ in range(2)]  # two bags per patient
+    raw = [("1" if i % 5 else "4") for i in range(n) for _ in range(2)]
+    given = [(TRAINVAL if i < 320 else 2) for i in range(n) for _ in range(2)]
+    splits = labels.make_splits(patients, raw, given, seed=3)
+    by_patient = {}
+    for p, s in zip(patients, splits):
+        by_patient.setdefault(p, set()).add(int(s))
+    assert all(len(s) == 1 for s in by_patient.values())  # patients stay whole
+    codes = {p: s.pop() for p, s in by_patient.items()}
+    assert all(codes[f"P{i:03d}"] == 2 for i in range(320, n))  # the given test is kept
+    inner = [codes[f"P{i:03d}"] for i in range(320)]
+    assert set(inner) == {0, 1} and inner.count(1) == 40  # 1/8 of the 320 validate
+    positives_val = sum(1 for i in range(320) if codes[f"P{i:03d}"] == 1 and i % 5 == 0)
+    assert positives_val == 8  # stratified: 1/8 of the 64 positive patients
+    assert (labels.make_splits(patients, raw, given, seed=3) == splits).all()
+    assert (labels.make_splits(patients, raw, given, seed=4) != splits).any()

@@ -119,3 +119,35 @@ def test_subset_reindexes_tiles(tmp_path, plans):
     assert sub.n_bags == 2
     assert sub.tiles_per_bag().tolist() == packed.tiles_per_bag()[[1, 3]].tolist()
     np.testing.assert_array_equal(sub.tiles, packed.tiles[np.isin(packed.tile_bag, [1, 3])])
+
+
+def test_a_store_of_several_tasks_loads_the_one_asked_for(tmp_path, plans):
+    import dataclasses
+
+    tasks = [["birads", "birads"], ["mass", "binary"]]
+    mass = ["1" if i % 4 == 1 else "0" if i % 4 != 3 else "" for i in range(len(plans))]
+    plans = [dataclasses.replace(p, task_labels=(p.raw_label, m)) for p, m in zip(plans, mass)]
+    attrs = dict(ATTRS, tasks=tasks)
+    store = Store.create(tmp_path / "s.zarr", plans, dim=6, attrs=attrs, chunk_bags=4)
+    for i, p in enumerate(plans):
+        store.write_bag(i, *embeddings_for(p, 6, seed=i))
+    store = Store.open(tmp_path / "s.zarr")
+    assert store.tasks() == [("birads", "birads"), ("mass", "binary")]
+    default = load_packed(store)
+    assert default.info["task"] == "birads" and default.info["mapping"] == "birads"
+    assert default.info["excluded"] == {"2": 3}
+    by_mass = load_packed(store, task="mass")
+    assert by_mass.info["task"] == "mass" and by_mass.info["mapping"] == "binary"
+    kept = [i for i, m in enumerate(mass) if m]
+    assert by_mass.store_index.tolist() == kept
+    assert by_mass.labels.tolist() == [int(mass[i]) for i in kept]
+    assert by_mass.info["excluded"] == {"": mass.count("")}  # the task leaves them out
+    with pytest.raises(ValueError, match=r"no task 'cancer'; it holds birads, mass \(choose one "
+                                         r"with --task\)"):
+        load_packed(store, task="cancer")
+    # a one-task store's task is named by its label kind
+    single = filled_store(tmp_path / "one.zarr", make_plans())
+    assert single.tasks() == [("birads", "birads")]
+    assert load_packed(single, task="birads").info["task"] == "birads"
+    with pytest.raises(ValueError, match="one raw label per task"):
+        Store.create(tmp_path / "bad.zarr", make_plans(), dim=6, attrs=attrs)

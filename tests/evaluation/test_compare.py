@@ -107,3 +107,17 @@ def test_compare_cli_writes_json_and_markdown_with_the_command(tmp_path, capsys)
     assert run_cli(cli.main, [str(a), str(tmp_path / "nothing"), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no predictions.csv" in err
+
+
+def test_runs_of_other_tasks_are_refused_naming_the_task(tmp_path):
+    rows = cohort_rows()
+    a = write_run(tmp_path / "mass", rows, skill=2.0, seed=1)
+    b = write_run(tmp_path / "calc", rows, skill=1.0, seed=2)
+    for run, task in ((a, "mass"), (b, "calcification")):
+        (run / "results.json").write_text(json.dumps({"data": {"task": task}}))
+    with pytest.raises(ValueError, match=r"trained on different tasks"):
+        compare_runs([a, b], n_boot=10)
+    with pytest.raises(ValueError, match=r"calc was trained on task 'calcification', not 'mass'"):
+        compare_runs([a, b], task="mass", n_boot=10)
+    (b / "results.json").write_text(json.dumps({"data": {"task": "mass"}}))
+    assert compare_runs([a, b], task="mass", n_boot=10)["reference"] == "mass"

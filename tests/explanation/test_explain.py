@@ -259,7 +259,8 @@ def _views(root: Path) -> list[dict]:
 
     cohort = _cohort(root)
     bags = {b.bag_id: b for b in cohort.bags}
-    lesions = read_lesions(Path(cohort.bags[0].images[0].path).parent.parent / "lesions.csv")
+    folder = Path(cohort.bags[0].images[0].path).parent.parent
+    lesions = read_lesions(folder / "manifest.lesions.csv")
     out = []
     for row in read_csv(root / "out" / "bags.csv"):
         bag = bags[row["bag_id"]]
@@ -399,7 +400,7 @@ def test_a_pseudonymised_cohort_is_named_by_view_ref(run, tmp_path):
                 w.writerow([im.path, f"P-{i:04x}", "E-1", bag.laterality, im.view,
                             bag.raw_label, f"I-{i:04x}{k}"])  # fmt: skip
     explainer = load_explainer(run / "run", device="cpu")
-    cfg = ExplainConfig(split="all", max_bags=3, lesions=str(root / "lesions.csv"))
+    cfg = ExplainConfig(split="all", max_bags=3, lesions=str(root / "manifest.lesions.csv"))
     summary = explain_run(run / "run", tmp_path / "out", cfg, cohort=str(manifest),
                           explainer=explainer, progress=False)
     assert summary["bags"] == 3 and not summary["failed"]
@@ -437,7 +438,8 @@ def test_attention_peaks_on_the_lesions_with_efficientnet(tmp_path, monkeypatch)
 
     cohort = read_cohort(spec, cache_dir=tmp_path / "cache")
     bags = {b.bag_id: b for b in cohort.bags}
-    lesions = read_lesions(Path(cohort.bags[0].images[0].path).parent.parent / "lesions.csv")
+    folder = Path(cohort.bags[0].images[0].path).parent.parent
+    lesions = read_lesions(folder / "manifest.lesions.csv")
     tile = 224
     distance = []  # per positive test bag: from the bag's attention peak to the nearest lesion
     for row in read_csv(tmp_path / "out" / "bags.csv"):
@@ -462,3 +464,12 @@ def test_attention_peaks_on_the_lesions_with_efficientnet(tmp_path, monkeypatch)
           f"bags; within half a tile: {(np.array(distance) <= tile / 2).sum()}")
     assert len(near) >= 10 and near.mean() >= 0.8
     assert np.mean(np.array(distance) <= tile / 2) >= 0.5
+
+
+def test_a_task_other_than_the_runs_is_refused_before_any_work(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"data": {"task": "mass"}}))
+    with pytest.raises(ValueError, match=r"run was trained on task 'mass', not 'calcification'"):
+        explain_run(run, tmp_path / "out", ExplainConfig(task="calcification"))
+    assert not (tmp_path / "out").exists()

@@ -39,6 +39,7 @@ from helpers.standin import Patch as _Patch
 from helpers.standin import extract_cfg as cfg
 from milpf_jax.data.store import DONE, FAILED, PENDING, Store, StoreMismatch
 from milpf_jax.extraction import encoders
+from milpf_jax.extraction import extract as extract_module
 from milpf_jax.extraction.config import ExtractConfig, tiling_config
 from milpf_jax.extraction.extract import (
     cohort_identity,
@@ -47,6 +48,7 @@ from milpf_jax.extraction.extract import (
     parse_shard,
     shard_from_env,
     store_name,
+    tiling_from_attrs,
 )
 from milpf_jax.extraction.failures import (
     ExtractionFailed,
@@ -55,7 +57,7 @@ from milpf_jax.extraction.failures import (
     read_failures,
 )
 from milpf_jax.extraction.schedule import batch_schedule
-from milpf_jax.reading.imaging import read_image
+from milpf_jax.reading.imaging import READER_VERSION, read_image
 from milpf_jax.reading.manifest import read_manifest
 from milpf_jax.reading.sources import read_cohort
 
@@ -176,7 +178,8 @@ def test_store_holds_the_plan_and_the_encoders_embeddings(tmp_path, manifest, st
     assert attrs["model_revision"] == "standin-1" and attrs["precision"] == "float32"
     assert attrs["cohort"] == "manifest" and attrs["label_kind"] == "birads"
     assert attrs["cohort_id"] == cohort_identity(cohort) and attrs["batch_size"] == 8
-    assert attrs["preprocessing"] == dataclasses.asdict(tiling_config(cfg(), 16))
+    assert attrs["preprocessing"] == dict(dataclasses.asdict(tiling_config(cfg(), 16)),
+                                          reader_version=READER_VERSION)
     tiling = tiling_config(cfg(), 16)
     reference = StandIn(standin_spec())
     n_tiles = 0
@@ -240,6 +243,32 @@ def test_reopening_with_other_settings_names_the_setting(tmp_path, manifest, sta
     other = make_cohort(tmp_path / "other", views={7: "MLO"})
     with pytest.raises(StoreMismatch, match="cohort_id"):
         extract(str(other), cfg(), out, progress=False)
+
+
+def test_a_store_read_under_another_reading_rule_is_refused(tmp_path, manifest, monkeypatch,
+                                                            standin):
+    """Reading rule 1 (before `reader_version` was recorded) scaled a windowed DICOM by the
+    window's output range: its store holds other inputs, so it is refused, and the cache looks
+    for the store under another name."""
+    import zarr
+
+    cohort = read_manifest(manifest)
+    name = store_name(cohort, cfg())
+    out = tmp_path / "old.zarr"
+    extract(str(manifest), cfg(), out, progress=False)
+    store = Store.open(out)
+    tiling, version = tiling_from_attrs(store.attrs["preprocessing"])
+    assert (tiling, version) == (tiling_config(cfg(), 16), READER_VERSION)
+    old = dict(store.attrs["preprocessing"])
+    del old["reader_version"]  # as a store made before the rule's version was recorded
+    zarr.open_group(str(out), mode="r+").attrs["preprocessing"] = old
+    assert tiling_from_attrs(old) == (tiling_config(cfg(), 16), 1)
+    with pytest.raises(StoreMismatch,
+                       match=rf"preprocessing\.reader_version: stored '<missing>', "
+                             rf"requested {READER_VERSION}"):  # fmt: skip
+        extract(str(manifest), cfg(), out, progress=False)
+    monkeypatch.setattr(extract_module, "READER_VERSION", READER_VERSION + 1)
+    assert store_name(cohort, cfg()) != name
 
 
 def test_resuming_with_another_precision_is_refused(tmp_path, manifest, monkeypatch):

@@ -1,5 +1,5 @@
 """Write tests/golden/small_phantom_sweep.json: the small phantom sweep's per-run validation and
-test AUCs, which tests/test_golden.py asserts to 1e-6 wherever the store's embeddings and the
+test AUCs, which tests/test_main_job.py asserts to 1e-6 wherever the store's embeddings and the
 XLA CPU target are those recorded here.
 
     MILPF_CACHE=$(mktemp -d) python tests/golden/make_golden.py

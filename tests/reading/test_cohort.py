@@ -155,17 +155,69 @@ def test_patient_in_two_given_splits_lists_the_rows(tmp_path):
     assert "P2" not in str(err.value)
 
 
-@pytest.mark.parametrize(
-    "header, match",
-    [
-        ("path,patient_id,exam_id,laterality,view,birads,label", r"found \['birads', 'label'\]"),
-        ("path,patient_id,exam_id,laterality,view,score", "found none"),
-    ],
-)
-def test_exactly_one_label_column(tmp_path, header, match):
-    row = ",".join(["../img/a.dcm", "P1", "E1", "L", "CC"] + ["1"] * (header.count(",") - 4))
-    csv_path = _manifest(tmp_path, [row], header)
-    with pytest.raises(ValueError, match=match):
+def test_no_label_column_is_refused_naming_the_task_columns(tmp_path):
+    csv_path = _manifest(tmp_path, ["../img/a.dcm,P1,E1,L,CC,1"],
+                         "path,patient_id,exam_id,laterality,view,score")
+    with pytest.raises(ValueError, match=r"no label column; expected one of \['birads', 'label', "
+                                         r"'mass'"):
+        read_manifest(csv_path)
+
+
+TASKS_HEADER = "path,patient_id,exam_id,laterality,view,split,birads,mass,calcification,dataset"
+
+
+def test_several_task_columns_are_several_tasks_the_first_the_default(tmp_path):
+    csv_path = _manifest(tmp_path, [
+        "../img/a.dcm,P1,E1,L,CC,trainval,4b,1,0,vindr",
+        "../img/b.dcm,P1,E1,L,MLO,trainval,4b,1,0,vindr",
+        "../img/c.dcm,P2,E2,R,CC,test,1,,0,vindr",  # an empty cell: mass leaves this breast out
+    ], TASKS_HEADER)
+    cohort = read_manifest(csv_path)
+    assert cohort.name == "vindr"  # a public cohort's manifest is named after its dataset
+    assert cohort.label_kind == "birads"
+    assert cohort.task_list() == (("birads", "birads"), ("mass", "binary"),
+                                  ("calcification", "binary"))
+    assert [(b.bag_id, b.raw_label, b.task_labels, b.split_given) for b in cohort.bags] == [
+        ("P1/E1/L", "4B", ("4B", "1", "0"), SPLIT_CODES["trainval"]),
+        ("P2/E2/R", "1", ("1", "", "0"), SPLIT_CODES["test"]),
+    ]
+    one = read_manifest(_manifest(tmp_path / "one", ["../img/a.dcm,P1,E1,L,CC,1,,"]))
+    assert one.tasks == () and one.task_list() == (("birads", "birads"),)
+    assert one.bags[0].task_labels == ()
+
+
+def test_task_columns_are_checked_per_task(tmp_path):
+    csv_path = _manifest(tmp_path, [
+        "../img/a.dcm,P1,E1,L,CC,,4b,1,0,vindr",
+        "../img/c.dcm,P2,E2,R,CC,,,,,vindr",  # every task empty
+        "../img/d.dcm,P3,E3,R,CC,,1,yes,0,vindr",  # not a binary value
+    ], TASKS_HEADER)
+    with pytest.raises(ValueError) as err:
+        read_manifest(csv_path)
+    assert "every task column (birads, mass, calcification) is empty: row 3" in str(err.value)
+    assert "'mass' is not one of 0, 1: row 4 ('yes')" in str(err.value)
+    csv_path = _manifest(tmp_path, [
+        "../img/a.dcm,P1,E1,L,CC,,4b,1,0,vindr",
+        "../img/b.dcm,P1,E1,L,MLO,,4b,0,0,vindr",  # the breast's images disagree on mass
+    ], TASKS_HEADER)
+    with pytest.raises(ValueError, match=r"rows of one bag carry different 'mass' labels: bag "
+                                         r"P1/E1/L: row 2 \(1\), row 3 \(0\)"):
+        read_manifest(csv_path)
+
+
+def test_lesions_file_beside_a_manifest_becomes_its_lesions(tmp_path):
+    csv_path = _manifest(tmp_path, ["../img/a.dcm,P1,E1,L,CC,4,,"])
+    (csv_path.parent / "manifest.lesions.csv").write_text(
+        "path,y0,x0,y1,x1,kind\n../img/a.dcm,10,20,30,45,Mass\n../img/a.dcm,10,20,30,45,"
+        "Suspicious Calcification\n")
+    cohort = read_manifest(csv_path)
+    path = str((tmp_path / "img" / "a.dcm").resolve())
+    assert cohort.lesions == (Lesion(path, (10, 20, 30, 45), "Mass", ""),
+                              Lesion(path, (10, 20, 30, 45), "Suspicious Calcification", ""))
+    (csv_path.parent / "manifest.lesions.csv").write_text(
+        "path,y0,x0,y1,x1,kind\n../img/a.dcm,30,20,10,45,Mass\n")
+    with pytest.raises(ValueError,
+                       match=r"(?s)manifest.lesions.csv: .*box is empty or negative.*row 2"):
         read_manifest(csv_path)
 
 
@@ -195,7 +247,7 @@ def test_bad_values_are_all_reported_at_once(tmp_path):
     )
     assert "laterality is not L or R: row 3 ('B')" in message
     assert "empty 'patient_id': row 4" in message
-    assert "'split' is not one of train, val, test or empty: row 4 ('later')" in message
+    assert "'split' is not one of train, val, test, trainval or empty: row 4 ('later')" in message
     assert "'patient_id' contains '/'" in message and "row 5 ('P/4')" in message
 
 

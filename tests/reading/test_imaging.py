@@ -17,6 +17,12 @@ from helpers.repo import MIAS_DIR, needs_mias
 from milpf_jax.reading.imaging import ExcludedView, ImageReadError, read_image
 
 
+def stretched(values: np.ndarray) -> np.ndarray:
+    """The reading rule's last step: the image's own minimum..maximum to [0, 1]."""
+    values = np.asarray(values, np.float64)
+    return (values - values.min()) / (values.max() - values.min())
+
+
 def test_monochrome2_without_voi_scales_by_its_own_range(tmp_path):
     stored = stored_breast() + 50
     img = read_image(write_dicom(tmp_path / "a.dcm", stored))
@@ -48,7 +54,7 @@ def test_voi_lut_sequence_is_applied_and_preferred_to_a_window(tmp_path):
         WindowWidth=20,  # would saturate nearly everything if used instead of the LUT
     )
     img = read_image(path)
-    expected = (stored // 4) / 1023.0  # (table[s] - 100) / (1123 - 100)
+    expected = stretched(table[stored])  # the LUT's output, by the image's own range
     np.testing.assert_allclose(img.pixels, expected, rtol=0, atol=1e-7)
 
 
@@ -66,7 +72,7 @@ def test_window_honours_voi_lut_function(tmp_path, function, expected):
         tmp_path / "w.dcm", stored, WindowCenter=2000, WindowWidth=1500, VOILUTFunction=function
     )
     img = read_image(path)
-    want = expected(stored.astype(np.float64), 2000.0, 1500.0)
+    want = stretched(expected(stored.astype(np.float64), 2000.0, 1500.0))
     np.testing.assert_allclose(img.pixels, want, rtol=0, atol=1e-6)
     assert 0.0 < img.pixels.mean() < 1.0
 
@@ -83,7 +89,7 @@ def test_rescale_slope_intercept_comes_before_the_window(tmp_path):
         VOILUTFunction="LINEAR_EXACT",
     )
     img = read_image(path)
-    want = np.clip((2.0 * stored - 100 - 3000) / 4000 + 0.5, 0, 1)
+    want = stretched(np.clip((2.0 * stored - 100 - 3000) / 4000 + 0.5, 0, 1))
     np.testing.assert_allclose(img.pixels, want, rtol=0, atol=1e-6)
 
 
@@ -93,7 +99,18 @@ def test_12_bits_stored_in_16_ignores_the_unused_high_bits(tmp_path):
     clean = read_image(write_dicom(tmp_path / "clean.dcm", stored, **window))
     dirty = read_image(write_dicom(tmp_path / "dirty.dcm", stored | 0xF000, **window))
     np.testing.assert_array_equal(dirty.pixels, clean.pixels)
-    np.testing.assert_allclose(clean.pixels, stored / 4096.0, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(clean.pixels, stretched(stored), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [{}, {"PhotometricInterpretation": "MONOCHROME1"},
+     {"WindowCenter": 100, "WindowWidth": 50, "PhotometricInterpretation": "MONOCHROME1"}],
+)  # fmt: skip
+def test_a_constant_image_reads_as_zeros(tmp_path, tags):
+    # MONOCHROME1 is inverted before the stretch, so a blank film is black, not white.
+    img = read_image(write_dicom(tmp_path / "c.dcm", np.full((64, 48), 1000, np.uint16), **tags))
+    np.testing.assert_array_equal(img.pixels, np.zeros((64, 48), np.float32))
 
 
 def test_16_bit_precision_survives(tmp_path):
