@@ -12,7 +12,7 @@ same for two `--shard` workers writing one store at once (killing either or both
 chains of kills inside the store's own writes: the first metadata write of a plan, the middle
 of a plan, the clearing of an interrupted plan.
 
-Checkpoints. Saves SIGKILLed at random moments (test_checkpoint.SAVER), every file of a step
+Checkpoints. Saves SIGKILLed at random moments (helpers.checkpoints.SAVER), every file of a step
 deleted, truncated or hit by random byte flips, and directories holding other orbax
 checkpoints: each must load the head exactly as saved or raise an error that names the folder
 (and, for a bad latest step, the older step that `step=` loads).

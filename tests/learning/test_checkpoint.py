@@ -11,12 +11,16 @@ import jax
 import numpy as np
 import pytest
 
-from helpers.checkpoints import assert_same_params, seeded_params
+from helpers.checkpoints import (
+    SAVER,
+    TMP_MARK,
+    assert_same_params,
+    seeded_params,
+    wait_for_unfinished_save,
+)
 from milpf_jax.learning.checkpoint import load_head, read_metadata, save_head
 from milpf_jax.learning.head import HeadConfig, init_params
 from milpf_jax.learning.inference import Bag, Head, predict
-
-TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def random_bags(dim, seed=0):
@@ -213,30 +217,6 @@ def test_config_that_disagrees_with_stored_params_is_refused(tmp_path):
     meta.write_text(json.dumps(item))
     with pytest.raises(ValueError, match=r"fields \['tiles_per_view'\] that this milpf_jax"):
         load_head(tmp_path)
-
-
-SAVER = """
-import sys
-from milpf_jax.learning.checkpoint import save_head
-from milpf_jax.learning.head import HeadConfig
-from milpf_jax.learning.inference import Head
-
-{helper}
-cfg = HeadConfig(dim=int(sys.argv[2]))
-for seed in range(int(sys.argv[3]), 10**6):
-    save_head(sys.argv[1], Head(seeded_params(cfg, seed), cfg), {{"seed": seed}})
-    print(seed, flush=True)  # only after save_head returned: this seed must survive a kill
-"""
-
-
-def wait_for_unfinished_save(directory, timeout_s=30.0):
-    """Poll until a save is in progress (orbax's tmp folder exists)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if any(TMP_MARK in p.name for p in directory.iterdir()):
-            return
-        time.sleep(0.001)
-    raise TimeoutError(f"no save started in {directory} within {timeout_s} s")
 
 
 def test_a_save_killed_half_way_leaves_the_last_good_checkpoint(tmp_path):
