@@ -38,10 +38,10 @@ def test_main_job_writes_results_from_real_dicoms(main_job):
         == 48
     assert set(res["data"]["excluded_by_mapping"]) <= {"2", "3"}
     assert len(res["runs"]) == 4
-    # 9 test bags: the best-validation run's test AUC over split seeds 0-4 was 0.90, 0.85, 0.85,
-    # 0.70, 0.95 (observed minimum 0.70, split seed 3; reading rule 2, float32); this run is
-    # split seed 0.
-    assert res["best"]["test"]["auc"]["value"] >= 0.7
+    # 9 test bags: the best-validation run's test AUC over split seeds 0-4 was 0.75, 0.60, 0.70,
+    # 0.45, 0.80 (observed minimum 0.45, split seed 3; reading rule 2, phantom version 2,
+    # float32); this run is split seed 0.
+    assert res["best"]["test"]["auc"]["value"] >= 0.45
     assert res["cohort"] == SPEC and attrs["cohort_spec"] == SPEC
     head = milpf_jax.load_head(root / "run" / "best")
     assert head.dim == 1280
@@ -160,7 +160,7 @@ def test_ablation_three_heads_compared_and_split_by_lesion_kind(main_job, tmp_pa
 @pytest.mark.slow
 def test_the_full_main_job_finds_the_phantoms_lesions(tmp_path, monkeypatch):
     """README command 1 as it is (the default phantom, 36 seeds, 700 epochs at most): the
-    best-validation run's test AUC is at least 0.95 (the README reports 0.986)."""
+    best-validation run's test AUC is at least 0.95 (the README reports 0.989)."""
     monkeypatch.setenv("MILPF_CACHE", str(tmp_path / "cache"))
     assert load_script("sweep").main(["--quiet", "--out", str(tmp_path / "run")]) == 0
     res = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -26,7 +26,7 @@ import numpy as np
 
 from milpf_jax.config import check, option
 
-PHANTOM_VERSION = 1  # bump whenever the generator's output changes: it invalidates caches
+PHANTOM_VERSION = 2  # bump whenever the generator's output changes: it invalidates caches
 
 MALIGNANT_KINDS = ("mass_round", "mass_spiculated", "calc_cluster")
 BENIGN_KINDS = ("benign_mass", "benign_calc")
@@ -552,7 +552,8 @@ def render_view(plan: ViewPlan, cfg: PhantomConfig) -> np.ndarray:
     """Display image float32 [rows, cols] in [0, 1] in SOURCE orientation (right breasts mirrored).
 
     Air ~0.015, fat ~0.3, glandular tissue ~0.6, pectoral ~0.7, skin line a thin brighter rim,
-    lesions added on top and clipped at 1 (the detector's white).
+    lesions added on top and clipped at 1 (the detector's white), and a white laterality marker
+    (8 x 6 mm) in the air at the top of the nipple side.
     """
     g, h, w = plan.geometry, cfg.rows, cfg.cols
     rng = _rng(*plan.noise_seed)
@@ -585,4 +586,10 @@ def render_view(plan: ViewPlan, cfg: PhantomConfig) -> np.ndarray:
     # Quantum noise, std 0.006 (uniform: a quarter of the cost of normal draws).
     img += np.float32(0.006 * 12**0.5) * (rng.random((h, w), dtype=np.float32) - np.float32(0.5))
     np.clip(img, 0, 1, out=img)
+    # The lead laterality marker, in the air above the nipple side: the detector's white, so
+    # every view's brightest value is the marker's, as on a real mammogram, and a reader that
+    # stretches each view by its own min..max does not brighten views without a bright lesion.
+    marker = (slice(round(0.03 * h), round(0.03 * h + 8 * mm)),
+              slice(round(w - 0.03 * w - 6 * mm), round(w - 0.03 * w)))
+    img[marker] = np.where(dist[marker] < -mm, np.float32(1.0), img[marker])
     return img[:, ::-1] if plan.laterality == "R" else img
