@@ -5,7 +5,9 @@ on 2 cores both spin threads) and assembles the table. Every measure_* function 
 plain dict of numbers, so a worker can dump it as JSON and a test can call it on tiny shapes.
 
 The rows: (1) the head as the original PyTorch code runs it, one seed after another,
-ragged tiles with scatter softmax, float32; (2) the same under bfloat16 autocast; (3) JAX, the
+ragged tiles with scatter softmax, float32; (2) the same under bfloat16 autocast (embeddings
+held in float32); (2b) as (2) with the embeddings held in bfloat16; (1c), (2c): (1), (2b) under
+torch.compile (inductor), see TORCH_ROWS; (3) JAX, the
 jitted `epoch_step` of one run in a Python loop over runs; (4) JAX vmap over runs on padded
 [B, Tmax, D] tensors; (5) ours, `epoch_step` vmapped over runs on packed tiles; (6) rooflines:
 a plain first-layer-shaped matmul [R*16, D] x [D, N].
@@ -20,6 +22,7 @@ import dataclasses
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import time
@@ -42,6 +45,8 @@ CPU_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512_vnni", "
 # The first layer's width (paper, section 3.1: "projecting from embedding size to 16"); kept
 # here too because the PyTorch worker must not import milpf_jax.learning.head (it loads JAX).
 HIDDEN = 16
+# The table's rows, see the module docstring; --rows takes any of them.
+ROW_IDS = ("1", "1c", "2", "2b", "2c", "3", "4", "5")
 
 
 # What the code of (5)'s step does, one trick added at a time (each measured in a fresh process,
@@ -81,7 +86,8 @@ class BenchConfig:
 
     timed_epochs: steady-state epochs timed after the compile and one warm-up epoch (the
     fastest is reported, see `summarise`).
-    rows: which of (1)-(5) to run. scaling_seeds / scaling_bags: the scaling tables for (5).
+    rows: which of ROW_IDS ((1), (1c), (2), (2b), (2c), (3)-(5)) to run. scaling_seeds /
+    scaling_bags: the scaling tables for (5).
     trick_variants: process settings (GLIBC_TUNABLES, XLA_FLAGS) measured on (5) in fresh
     processes. shard_devices: forced host devices for the runs-sharding equality check (0
     skips). fit_dtypes: full sweeps with `train.fit` (early stopping) per first-layer dtype.
@@ -100,7 +106,7 @@ class BenchConfig:
     n_views: int = 2
     seeds: int = 36
     timed_epochs: int = 3
-    rows: tuple[str, ...] = ("1", "2", "3", "4", "5")
+    rows: tuple[str, ...] = ROW_IDS
     scaling_seeds: tuple[int, ...] = (1, 4, 16, 36, 72)
     scaling_bags: tuple[int, ...] = (500, 1000, 2000, 4000, 8000)
     trick_variants: tuple[str, ...] = ("both", "glibc", "xla", "none")
@@ -117,9 +123,9 @@ class BenchConfig:
     synthetic_block_bags: int | None = None
 
     def __post_init__(self):
-        bad_rows = sorted(set(self.rows) - {"1", "2", "3", "4", "5"})
+        bad_rows = sorted(set(self.rows) - set(ROW_IDS))
         if bad_rows:
-            raise ValueError(f"rows {bad_rows}: choose from 1-5")
+            raise ValueError(f"rows {bad_rows}: choose from {', '.join(ROW_IDS)}")
         bad_variants = sorted(set(self.step_variants) - set(STEP_VARIANTS))
         if bad_variants:
             raise ValueError(f"step variants {bad_variants}: choose from {list(STEP_VARIANTS)}")
@@ -193,6 +199,31 @@ def cpu_info(cpuinfo_text: str | None = None) -> dict:
         logical_cores=os.cpu_count(),
         usable_cores=usable,
     )
+
+
+# Families named in CPU model strings; the first one found goes into the CPU kind.
+CPU_FAMILIES = ("xeon", "core", "epyc", "ryzen", "threadripper", "opteron", "atom", "pentium",
+                "celeron", "neoverse", "graviton", "ampere")
+
+
+def cpu_kind(machine: dict) -> str:
+    """A file-name slug of the CPU kind of a `cpu_info` dict: vendor, family and the best bf16
+    matmul feature, e.g. "intel-xeon-amx", "amd-epyc-avx512-bf16". Model numbers are left out:
+    what sets the rows' speeds apart is the instruction set (AMX, AVX512-BF16, neither), so two
+    machines of a kind share a results file. Unknown flags leave the feature out."""
+    model = re.sub(r"\((r|tm|c)\)", " ", str(machine.get("model") or "").lower())
+    words = re.findall(r"[a-z0-9]+", model)
+    vendor = next((v for v in ("intel", "amd", "arm", "apple") if v in words), None)
+    if vendor is None and words:
+        vendor = words[0]
+    family = next((w for w in words if w in CPU_FAMILIES), None)
+    flags = machine.get("flags")
+    feature = None
+    if flags is not None:
+        feature = ("amx" if machine.get("amx") else "avx512-bf16" if flags.get("avx512_bf16")
+                   else "avx512" if flags.get("avx512f") else "avx2" if flags.get("avx2")
+                   else "no-avx2")
+    return "-".join(p for p in (vendor or "unknown-cpu", family, feature) if p)
 
 
 def library_versions(names=("jax", "jaxlib", "torch", "numpy", "optax", "flax", "ml_dtypes",
@@ -393,19 +424,23 @@ def padded_epoch_step(state, lr_wd, train: PaddedBatch, val: PaddedBatch,
 # -- (1) and (2): the head as the original PyTorch code runs it -------------------------------
 
 
-def torch_head(dim: int, hidden: int = 16, proj: int = 8):
-    """The MIL-PF head from the paper's equations in PyTorch, ragged tiles, one run.
+_TORCH_HEAD_CLASS = None
 
-    Names and shapes follow the original (see milpf_jax.learning.convert). Call with views
-    [B, V, D],
-    views_mask [B, V] bool, tiles [N, D], tile_bag [N] int64, n_bags; returns logits [B].
-    """
+
+def _torch_head_class():
+    """The head's nn.Module class, made once: torch.compile guards on a module's type, so
+    runs whose heads had a class each would recompile per run (and past Dynamo's recompile
+    limit silently run eagerly)."""
+    global _TORCH_HEAD_CLASS
+    if _TORCH_HEAD_CLASS is not None:
+        return _TORCH_HEAD_CLASS
     import torch
     from torch import nn
 
     class OriginalStyleHead(nn.Module):
-        def __init__(self):
+        def __init__(self, dim: int, hidden: int, proj: int):
             super().__init__()
+            self.proj = proj
             self.global_proj = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(),
                                              nn.Linear(hidden, proj), nn.ReLU())
             self.local_proj = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(),
@@ -416,6 +451,7 @@ def torch_head(dim: int, hidden: int = 16, proj: int = 8):
             self.linear_out = nn.Linear(2 * proj, 1)
 
         def forward(self, views, views_mask, tiles, tile_bag, n_bags: int):
+            proj = self.proj
             hv = self.global_proj(views)  # [B, V, 8]
             g = hv.masked_fill(~views_mask[..., None], 0).amax(dim=1)  # ReLU outputs >= 0
             ht = self.local_proj(tiles)  # [N, 8]
@@ -433,11 +469,24 @@ def torch_head(dim: int, hidden: int = 16, proj: int = 8):
             z = torch.cat([g.to(local.dtype), local], dim=-1)
             return self.linear_out(z).squeeze(-1)
 
-    return OriginalStyleHead()
+    _TORCH_HEAD_CLASS = OriginalStyleHead
+    return OriginalStyleHead
 
 
-def torch_batch(packed: PackedBags, *, weights=None, device="cpu") -> dict:
-    """Tensors of a PackedBags for `torch_head`, float32 (what the original code feeds)."""
+def torch_head(dim: int, hidden: int = 16, proj: int = 8):
+    """The MIL-PF head from the paper's equations in PyTorch, ragged tiles, one run.
+
+    Names and shapes follow the original (see milpf_jax.learning.convert). Call with views
+    [B, V, D],
+    views_mask [B, V] bool, tiles [N, D], tile_bag [N] int64, n_bags; returns logits [B].
+    """
+    return _torch_head_class()(dim, hidden, proj)
+
+
+def torch_batch(packed: PackedBags, *, weights=None, device="cpu",
+                dtype: str = "float32") -> dict:
+    """Tensors of a PackedBags for `torch_head`; the embeddings (views, tiles) in `dtype`:
+    float32 is what the original code feeds, bfloat16 what rows (2b) and (2c) hold."""
     import torch
 
     def tensor(a):
@@ -446,17 +495,21 @@ def torch_batch(packed: PackedBags, *, weights=None, device="cpu") -> dict:
             return torch.from_numpy(a.view(np.uint16).copy()).view(torch.bfloat16).to(device)
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+    embed = dict(float32=torch.float32, bfloat16=torch.bfloat16)[dtype]
     w = np.ones(packed.n_bags, np.float32) if weights is None else weights
     return dict(
-        views=tensor(packed.views).float(), views_mask=tensor(packed.views_mask),
-        tiles=tensor(packed.tiles).float(), tile_bag=tensor(packed.tile_bag).long(),
+        views=tensor(packed.views).to(embed), views_mask=tensor(packed.views_mask),
+        tiles=tensor(packed.tiles).to(embed), tile_bag=tensor(packed.tile_bag).long(),
         n_bags=packed.n_bags, labels=tensor(packed.labels).float(),
         weights=tensor(np.asarray(w, np.float32)), labels_np=np.asarray(packed.labels),
     )
 
 
-def torch_epoch_step(model, opt, train: dict, val: dict, *, autocast: bool) -> tuple:
-    """One full-batch step (weighted BCE, Adam), then the validation AUC: (loss, val_auc)."""
+def torch_epoch_step(model, opt, train: dict, val: dict, *, autocast: bool,
+                     forward=None) -> tuple:
+    """One full-batch step (weighted BCE, Adam), then the validation AUC: (loss, val_auc).
+    `forward`: what computes the logits (default the model; rows (1c), (2c): the model under
+    torch.compile, sharing its parameters)."""
     import contextlib
 
     import torch
@@ -464,6 +517,7 @@ def torch_epoch_step(model, opt, train: dict, val: dict, *, autocast: bool) -> t
     from sklearn.metrics import roc_auc_score
 
     device = train["tiles"].device.type
+    forward = model if forward is None else forward
 
     def ctx():
         return torch.autocast(device, dtype=torch.bfloat16) if autocast \
@@ -472,47 +526,99 @@ def torch_epoch_step(model, opt, train: dict, val: dict, *, autocast: bool) -> t
     args = ("views", "views_mask", "tiles", "tile_bag", "n_bags")
     opt.zero_grad(set_to_none=True)
     with ctx():
-        logits = model(*(train[a] for a in args))
+        logits = forward(*(train[a] for a in args))
     loss = F.binary_cross_entropy_with_logits(logits.float(), train["labels"],
                                               weight=train["weights"])
     loss.backward()
     opt.step()
     with torch.no_grad(), ctx():
-        val_logits = model(*(val[a] for a in args)).float()
-    return float(loss), float(roc_auc_score(val["labels_np"], val_logits.cpu().numpy()))
+        val_logits = forward(*(val[a] for a in args)).float()
+    return float(loss.detach()), float(roc_auc_score(val["labels_np"],
+                                                     val_logits.cpu().numpy()))
 
 
+# The PyTorch rows: the original loop (1), under bf16 autocast (2), with the embeddings held in
+# bf16 on the device (2b), and (1), (2b) under torch.compile (1c, 2c). "dtype" is the first
+# layer's (what the table's first-layer column and the ratio columns go by).
+TORCH_ROWS = {
+    "1": dict(autocast=False, embeddings="float32", compile=False, dtype="float32",
+              name="PyTorch, original loop, runs one after another"),
+    "1c": dict(autocast=False, embeddings="float32", compile=True, dtype="float32",
+               name="PyTorch, (1) under torch.compile"),
+    "2": dict(autocast=True, embeddings="float32", compile=False, dtype="bfloat16",
+              name="PyTorch, same loop, bf16 autocast, f32 embeddings"),
+    "2b": dict(autocast=True, embeddings="bfloat16", compile=False, dtype="bfloat16",
+               name="PyTorch, bf16 autocast, bf16 embeddings"),
+    "2c": dict(autocast=True, embeddings="bfloat16", compile=True, dtype="bfloat16",
+               name="PyTorch, (2b) under torch.compile"),
+}
 def measure_torch(packed: PackedBags, cfg: BenchConfig, *, autocast: bool,
-                  device: str = "cpu") -> dict:
-    """Row (1) (autocast False) or (2): seconds per epoch of all runs, one after another."""
+                  embeddings: str = "float32", compile: bool = False,
+                  backend: object = "inductor", device: str = "cpu") -> dict:
+    """A PyTorch row (TORCH_ROWS): seconds per epoch of all runs, one after another.
+
+    One warm-up epoch (with compile, it compiles), then cfg.timed_epochs timed ones; `loss`
+    and `val_auc` are [epochs + 1][R], the warm-up first, as the JAX rows. With compile, each
+    head is wrapped in torch.compile(backend, dynamic=False) (one head class, so every run
+    shares the two compiled graphs, training and validation); a compiler that fails (no C
+    compiler, an inductor error) gives {"skipped": reason} instead of a row.
+    """
     import torch
 
+    if compile:
+        torch._dynamo.reset()  # each compiled row compiles afresh, within the recompile limit
     tr, va = packed.split("train"), packed.split("val")
-    train = torch_batch(tr, weights=class_weights(tr.labels), device=device)
-    val = torch_batch(va, device=device)
+    train = torch_batch(tr, weights=class_weights(tr.labels), device=device, dtype=embeddings)
+    val = torch_batch(va, device=device, dtype=embeddings)
     runs = []
     for seed in range(cfg.seeds):
         torch.manual_seed(seed)
         model = torch_head(packed.dim).to(device)
-        runs.append((model, torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
-                                             weight_decay=cfg.weight_decay)))
+        forward = torch.compile(model, backend=backend, dynamic=False) if compile else model
+        runs.append((model, forward, torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
+                                                      weight_decay=cfg.weight_decay)))
 
     def epoch():
-        return [torch_epoch_step(m, o, train, val, autocast=autocast) for m, o in runs]
+        return [torch_epoch_step(m, o, train, val, autocast=autocast, forward=f)
+                for m, f, o in runs]
 
     def sync(_):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    first, _ = timed(epoch, sync)
-    seconds, history = [], []
+    if compile:
+        from torch._dynamo.utils import counters
+
+        counters.clear()
+        try:
+            first, out = timed(epoch, sync)
+        except Exception as err:  # noqa: BLE001 (any compiler failure skips the row)
+            reason = f"torch.compile({backend!r}) failed: {type(err).__name__}: {err}"
+            return dict(skipped=reason[:2000], device=device, threads=torch.get_num_threads())
+    else:
+        first, out = timed(epoch, sync)
+    seconds, history = [], [out]
     for _ in range(cfg.timed_epochs):
         s, out = timed(epoch, sync)
         seconds.append(s)
         history.append(out)
-    return dict(first_epoch_seconds=first, **summarise(seconds),
-                val_auc=[[a for _, a in h] for h in history], threads=torch.get_num_threads(),
-                device=device)
+    result = dict(first_epoch_seconds=first, **summarise(seconds),
+                  loss=[[x for x, _ in h] for h in history],
+                  val_auc=[[a for _, a in h] for h in history],
+                  threads=torch.get_num_threads(), device=device, autocast=autocast,
+                  embeddings=embeddings, compiled=compile)
+    if compile:
+        # The warm-up epoch compiled; what it took beyond a steady epoch is the compile time.
+        result["compile_seconds"] = max(first - result["seconds"], 0.0)
+        result["compile_backend"] = str(backend)
+        stats = {k: dict(v) for k, v in counters.items()}
+        result["compiled_graphs"] = stats.get("stats", {}).get("unique_graphs")
+        result["dynamo_counters"] = {k: stats.get(k, {}) for k in ("frames", "stats",
+                                                                   "graph_break")}
+        # Past the recompile limit Dynamo runs the rest eagerly: a row then is not compiled.
+        result["recompile_limit_hit"] = any("recompile" in k.lower() and "limit" in k.lower()
+                                            for k in stats.get("unimplemented", {}))
+    return result
 
 
 def measure_matmul_torch(m: int, k: int, n: int, dtype: str, *, device="cpu",

@@ -38,12 +38,33 @@ def test_quick_has_every_row_with_positive_seconds(quick):
     report, _, _ = quick
     rows = report["rows"]
     assert {(r["row"], r["first_layer_dtype"]) for r in rows} == {
-        ("1", "float32"), ("2", "bfloat16"), ("3", "float32"), ("4", "float32"),
-        ("5", "float32"), ("5", "bfloat16")}
+        ("1", "float32"), ("1c", "float32"), ("2", "bfloat16"), ("2b", "bfloat16"),
+        ("2c", "bfloat16"), ("3", "float32"), ("4", "float32"), ("5", "float32"),
+        ("5", "bfloat16")}, report["skipped_rows"]
     for r in rows:
         assert _positive(r["seconds"]) and _positive(r["first_epoch_seconds"]), r
         assert _positive(r["speedup_vs_1"]) and _positive(r["speedup_vs_2"]), r
+        assert _positive(r["speedup_vs_fastest_torch"]), r
+        assert _positive(r["speedup_vs_fastest_torch_f32"]), r
         assert _positive(r["roofline_fraction"]), r
+    # Every PyTorch row ran with and without GLIBC_TUNABLES; the table has the faster.
+    torch_rows = [r for r in rows if r["library"] == "torch"]
+    for r in torch_rows:
+        assert set(r["seconds_by_env"]) == {"default", "glibc"}, r
+        assert r["seconds"] == min(r["seconds_by_env"].values())
+        assert r["threads"] == report["machine"]["usable_cores"]
+    fastest = min(torch_rows, key=lambda r: r["seconds"])
+    assert report["fastest_torch"]["row"] == fastest["row"]
+    assert report["fastest_torch_f32"]["first_layer_dtype"] == "float32"
+    assert fastest["speedup_vs_fastest_torch"] == pytest.approx(1.0)
+    assert set(report["targets"]) >= {"bf16_vs_fastest_torch", "f32_vs_fastest_torch_f32"}
+    assert report["skipped_rows"] == []
+    w = report["workers"]
+    assert w["torch"]["env"]["GLIBC_TUNABLES"] is None
+    assert w["torch_glibc"]["env"]["GLIBC_TUNABLES"] == GLIBC_TUNABLES
+    for key in ("torch_compiled", "torch_compiled_glibc"):
+        for row in ("1c", "2c"):  # one head class: every run shares the two graphs
+            assert w[key][row]["compiled_graphs"] == 2 and not w[key][row]["recompile_limit_hit"]
     # Exactly one (5) row is the shipped default, and it names the library's default dtype.
     shipped = [r for r in rows if r["shipped_default"]]
     assert len(shipped) == 1 and shipped[0]["row"] == "5"
@@ -118,6 +139,8 @@ def test_quick_tables_tricks_scaling_and_markdown(quick):
     assert variant["row"]["train_slots"] == report["shapes"]["splits"]["train"]["tiles"]
     md = (out / "benchmark.md").read_text()
     assert "| (5) | ours" in md and "roofline" in md and md in stdout
+    assert "Fastest PyTorch row: (" in md and "| vs fastest torch | vs fastest torch f32 |" in md
+    assert "| (2c) s / epoch |" in md  # the with/without GLIBC_TUNABLES table
     assert f"| {variant['variant']} |" in md
 
 
@@ -144,6 +167,8 @@ def test_first_layer_flops_counts_two_gemms():
 def test_bench_config_refuses_bad_settings():
     with pytest.raises(ValueError, match="rows"):
         bench.BenchConfig(rows=("1", "7"))
+    with pytest.raises(ValueError, match="rows"):
+        bench.BenchConfig(rows=("1d",))
     with pytest.raises(ValueError, match="data_dtype"):
         bench.BenchConfig(data_dtype="float16")
     assert bench.SCALES["embed"].n_bags == 50_000 and bench.SCALES["embed"].in_memory
