@@ -218,6 +218,16 @@ def test_save_results_copies_a_run_under_its_cpu_kind(tmp_path):
     assert saved["rows"] == json.loads(json.dumps(report["rows"]))
     md = md_path.read_text()
     assert md.startswith("CPU kind: `intel-xeon-amx`") and saved["machine_line"] in md
+    # The measuring machine's own folders are not committed.
+    report.update(command="python benchmarks/benchmark.py --rows 1,5 --out /scratch/me/b1",
+                  worker_env={"TORCHINDUCTOR_CACHE_DIR": "/scratch/me/tmp-x/inductor"})
+    (run / "benchmark.json").write_text(json.dumps(report, default=str))
+    (run / "benchmark.md").write_text("`python benchmarks/benchmark.py --out /scratch/me/b1`\n")
+    json_path, md_path = save_results(run, tmp_path / "results")
+    saved = json.loads(json_path.read_text())
+    assert saved["command"].endswith("--rows 1,5 --out OUT")
+    assert saved["worker_env"] == {"TORCHINDUCTOR_CACHE_DIR": "TEMPORARY"}
+    assert "/scratch" not in json_path.read_text() + md_path.read_text()
 
 
 def test_committed_results_have_the_machine_line_rooflines_and_the_step_share():
