@@ -19,12 +19,7 @@ import numpy as np
 from milpf_jax.evaluation.bootstrap import BOOTSTRAP_METRICS, holm, paired_bootstrap
 from milpf_jax.evaluation.metrics import EXAM_METRICS, TABLE_METRICS, Scores
 from milpf_jax.evaluation.results import exams_of
-from milpf_jax.evaluation.runs import (
-    check_task,
-    prediction_arrays,
-    read_predictions,
-    recorded_task,
-)
+from milpf_jax.evaluation.runs import check_task, prediction_arrays, read_predictions
 from milpf_jax.files import write_json, write_text
 
 COMPARISON_FORMAT_VERSION = 1
@@ -127,11 +122,7 @@ def compare_runs(run_dirs, *, task: str | None = None, n_boot: int = 1000, seed:
     names = _short_names(run_dirs)
     if n_boot < 1:
         raise ValueError(f"compare_runs: n_boot must be >= 1, got {n_boot}")
-    tasks = {}
-    for d in run_dirs:
-        if (d / "results.json").is_file():
-            check_task(d, task)
-            tasks[str(d)] = recorded_task(d)
+    tasks = {str(d): check_task(d, task) for d in run_dirs if (d / "results.json").is_file()}
     if len({t for t in tasks.values() if t is not None}) > 1:
         raise ValueError(f"compare_runs: the runs were trained on different tasks ({tasks}): "
                          "a paired comparison needs one task")

@@ -99,12 +99,14 @@ def recorded_task(run_dir) -> str | None:
     return (read_results(run_dir).get("data") or {}).get("task")
 
 
-def check_task(run_dir, task: str | None) -> None:
-    """Refuse a run trained on another task than `task` (None: any), naming both."""
+def check_task(run_dir, task: str | None) -> str | None:
+    """The task the run records (`recorded_task`); a run trained on another task than `task`
+    (None: any) is refused, naming both."""
     held = recorded_task(run_dir)
     if task is not None and held is not None and held != task:
         raise ValueError(f"{run_dir} was trained on task {held!r}, not {task!r}: its "
                          "predictions and thresholds are for that task")
+    return held
 
 
 def best_dir(run_dir) -> Path:

@@ -270,7 +270,7 @@ def read_manifest(csv_path: str | os.PathLike) -> Cohort:
 
     # A hand-written manifest's one `birads` or `label` column is the cohort's label kind; any
     # other task column (a public cohort's `cancer`, or several) is recorded by name.
-    named = tasks not in (["birads"], ["label"])
+    named = len(tasks) > 1 or tasks[0] not in LABEL_COLUMNS
     patient_split = {r.patient_id: r.split for r in rows if r.split >= 0}
     bags = []
     for (patient, exam, lat), members in groups.items():

@@ -221,8 +221,7 @@ def build_manifest(dataset: str, root, out, *, split: str = "seeded", key: bytes
 def summarize(cohort: Cohort, tables: DatasetTables, out: Path, rows: list[dict],
               n_lesions: int) -> ManifestSummary:
     per_split = {}
-    for split in sorted({r["split"] for r in rows}, key=lambda s: ("trainval", "test", "").index(s)
-                        if s in ("trainval", "test", "") else 9):
+    for split in [s for s in ("trainval", "test", "") if any(r["split"] == s for r in rows)]:
         members = [r for r in rows if r["split"] == split]
         bags = {(r["patient_id"], r["exam_id"], r["laterality"]) for r in members}
         per_split[split] = (len(members), len(bags), len({r["patient_id"] for r in members}))
@@ -237,16 +236,20 @@ def summarize(cohort: Cohort, tables: DatasetTables, out: Path, rows: list[dict]
         notes=tables.notes, lesions=n_lesions)
 
 
-def cached_manifest(dataset: str, root, *, cache_dir=None) -> Path:
+def _build_cached(dataset: str, root, cache_dir) -> tuple[Path, Cohort]:
     """The seeded manifest of `dataset` at `root`, built into the cache (rebuilt each time: it
-    reads tables only), for the cohort spec `NAME:DIR`."""
+    reads tables only), and the cohort read back from it."""
     root = Path(root).expanduser().resolve()
     tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
     out = cohorts_dir(cache_dir) / f"{dataset}-{tag}" / "manifest.csv"
-    build_manifest(dataset, root, out)
-    return out
+    return out, build_manifest(dataset, root, out)[0]
+
+
+def cached_manifest(dataset: str, root, *, cache_dir=None) -> Path:
+    """The manifest behind the cohort spec `NAME:DIR`, built into the cache."""
+    return _build_cached(dataset, root, cache_dir)[0]
 
 
 def read_dataset(dataset: str, root, *, cache_dir=None) -> Cohort:
     """The cohort of spec `NAME:DIR`: the seeded manifest, built into the cache, read back."""
-    return read_manifest(cached_manifest(dataset, root, cache_dir=cache_dir))
+    return _build_cached(dataset, root, cache_dir)[1]

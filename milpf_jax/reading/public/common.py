@@ -54,25 +54,53 @@ class DatasetTables:
                              | {"reason": reason})
 
 
-def read_table(path: Path, required: tuple[str, ...] = (), *, delimiter: str = ",",
-               what: str = "") -> list[dict[str, str]]:
-    """Rows of a dataset's table as {column: stripped text}; columns keep their published names.
-
-    A missing file or a missing required column raises, naming the file and the column (and
-    `what` the file is, e.g. "VinDr-Mammo breast-level annotations").
-    """
-    path = Path(path)
+def _checked_header(path: Path, required, delimiter: str, what: str) -> list[str]:
+    """The table's header (stripped); a missing file or required column raises, naming the file
+    (and `what` it is, e.g. "VinDr-Mammo breast-level annotations") and the column."""
     label = f"{what} {path}" if what else str(path)
     if not path.is_file():
         raise FileNotFoundError(f"{label}: file not found")
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ValueError(f"{label}: missing column(s) {missing} (found {header})")
-        reader.fieldnames = header
-        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        header = [h.strip() for h in next(csv.reader(f, delimiter=delimiter), [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ValueError(f"{label}: missing column(s) {missing} (found {header})")
+    return header
+
+
+def read_columns(path: Path, required: tuple[str, ...] = (), optional: tuple[str, ...] = (), *,
+                 delimiter: str = ",", what: str = ""):
+    """The rows of a table as {column: stripped text}, only `required` and `optional` columns
+    (an absent optional one reads ""), streamed: a table of ~480,000 rows of ~100 columns
+    (EMBED's metadata) is never held whole. Checks as `read_table`, before the first row."""
+    path = Path(path)
+    header = _checked_header(path, required, delimiter, what)
+    present = [c for c in (*required, *optional) if c in header]
+    absent = {c: "" for c in optional if c not in header}
+    return _stream(path, present, [header.index(c) for c in present], absent, delimiter)
+
+
+def read_table(path: Path, required: tuple[str, ...] = (), *, delimiter: str = ",",
+               what: str = "") -> list[dict[str, str]]:
+    """Every row of a dataset's table as {column: stripped text}, every column under its
+    published name. A missing file or a missing required column raises, naming the file and the
+    column."""
+    path = Path(path)
+    header = _checked_header(path, required, delimiter, what)
+    return list(_stream(path, header, list(range(len(header))), {}, delimiter))
+
+
+def _stream(path: Path, columns: list[str], index: list[int], absent: dict, delimiter: str):
+    width = max(index, default=-1) + 1
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        next(reader, None)  # the header
+        for values in reader:
+            if len(values) < width:
+                if not values:
+                    continue  # a blank line
+                values = values + [""] * (width - len(values))
+            yield {c: values[i].strip() for c, i in zip(columns, index)} | absent
 
 
 def box_from_xy(xmin, ymin, xmax, ymax) -> tuple[int, int, int, int]:
@@ -92,7 +120,8 @@ def is_file(path: str) -> bool:
 
 
 def most_suspicious(values, order: tuple[str, ...]) -> str:
-    """The value ranked first in `order` (most suspicious first) among `values`; "" if none."""
+    """The value ranked first in `order` (most suspicious first) among `values`; "" if none.
+    A breast-level task's value from its images' (or findings') values."""
     present = set(values)
     return next((v for v in order if v in present), "")
 
@@ -102,12 +131,6 @@ class DatasetOptions:
     """Choices an adapter honours where they apply (EMBED's C-view images)."""
 
     include_cview: bool = False
-
-
-def breast_label(values, order: tuple[str, ...]) -> str:
-    """A breast-level task's value from its images' (or findings') values: the most
-    suspicious present in `order`; "" when none is."""
-    return most_suspicious(values, order)
 
 
 def image_problem(image: dict, *, duplicated: bool, views, label_ok: bool,

@@ -62,15 +62,13 @@ four numbers, row first (ymin, xmin, ymax, xmax), with the max corner inclusive;
 lesion of kind "roi" in half-open pixels (y0, x0, ymax + 1, xmax + 1). Entries that are not four
 numbers, and strings that do not parse, are counted in notes.
 
-Both tables are streamed column-wise (`read_columns`, with `common.read_table`'s checks and
-messages) rather than read whole: the metadata table's ~480,000 rows of ~100 columns would take
-several GB as dicts.
+Both tables are streamed column-wise (`common.read_columns`) rather than read whole: the
+metadata table's ~480,000 rows of ~100 columns would take several GB as dicts.
 """
 
 from __future__ import annotations
 
 import ast
-import csv
 import math
 import os
 from collections import defaultdict
@@ -81,6 +79,7 @@ from milpf_jax.reading.public.common import (
     DatasetTables,
     is_file,
     most_suspicious,
+    read_columns,
 )
 
 NAME = "embed"
@@ -228,42 +227,6 @@ def _spot_mag(text: str, notes) -> bool:
         notes["unrecognised spot_mag value (treated as spot/magnification)"] += 1
         return True
     return number != 0
-
-
-def read_columns(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = (), *,
-                 what: str = ""):
-    """The rows of a large table as {column: stripped text}, only `required` and `optional`
-    columns (an absent optional one reads ""), streamed: EMBED's metadata table has ~480,000
-    rows of ~100 columns, which `common.read_table` would hold whole (several GB, ~25 s).
-
-    Checks like `read_table`: a missing file or required column raises at once, naming the file
-    and the column.
-    """
-    path = Path(path)
-    label = f"{what} {path}" if what else str(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{label}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header = [h.strip() for h in next(csv.reader(f), [])]
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise ValueError(f"{label}: missing column(s) {missing} (found {header})")
-    present = [c for c in (*required, *optional) if c in header]
-    absent = {c: "" for c in optional if c not in header}
-    return _stream(path, present, [header.index(c) for c in present], absent)
-
-
-def _stream(path: Path, columns: list[str], index: list[int], absent: dict):
-    width = max(index, default=-1) + 1
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        next(reader, None)  # the header
-        for values in reader:
-            if len(values) < width:
-                if not values:
-                    continue  # a blank line
-                values = values + [""] * (width - len(values))
-            yield {c: values[i].strip() for c, i in zip(columns, index)} | absent
 
 
 def read_tables(root: Path, options: DatasetOptions) -> DatasetTables:

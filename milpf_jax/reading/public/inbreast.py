@@ -45,7 +45,7 @@ from milpf_jax.reading.public.common import (
     DatasetOptions,
     DatasetTables,
     box_from_xy,
-    breast_label,
+    most_suspicious,
     read_table,
 )
 
@@ -170,7 +170,7 @@ def read_tables(root: Path, options: DatasetOptions) -> DatasetTables:
         values = [i["birads"] for i in images]
         if len(set(values)) > 1:
             tables.notes["Bi-Rads differ within a breast -> most suspicious"] += 1
-        label = breast_label(values, BIRADS_ORDER)
+        label = most_suspicious(values, BIRADS_ORDER)
         for image in images:
             image["birads"] = label
 

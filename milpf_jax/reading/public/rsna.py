@@ -35,8 +35,8 @@ from pathlib import Path
 from milpf_jax.reading.public.common import (
     DatasetOptions,
     DatasetTables,
-    breast_label,
     image_problem,
+    most_suspicious,
     read_table,
 )
 
@@ -102,7 +102,7 @@ def read_tables(root: Path, options: DatasetOptions) -> DatasetTables:
     for image in kept:
         breasts[image["exam_id"], image["laterality"]].append(image)
     for images in breasts.values():
-        label = breast_label([i["cancer"] for i in images], BINARY_ORDER)
+        label = most_suspicious([i["cancer"] for i in images], BINARY_ORDER)
         if len({i["cancer"] for i in images}) > 1:
             tables.notes["cancer differs within a breast -> 1"] += 1
         for image in images:

@@ -46,8 +46,8 @@ from milpf_jax.reading.public.common import (
     DatasetOptions,
     DatasetTables,
     box_from_xy,
-    breast_label,
     image_problem,
+    most_suspicious,
     read_table,
 )
 
@@ -156,7 +156,7 @@ def read_tables(root: Path, options: DatasetOptions) -> DatasetTables:
         breasts[image["exam_id"], image["laterality"]].append(image_id)
     for ids in breasts.values():
         birads = [kept[i]["birads"] for i in ids]
-        label = breast_label(birads, BIRADS_ORDER)
+        label = most_suspicious(birads, BIRADS_ORDER)
         if len(set(birads)) > 1:
             tables.notes["breast_birads differ within a breast -> most suspicious"] += 1
         cats = set().union(*(categories[i] for i in ids))
