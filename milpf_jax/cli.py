@@ -251,6 +251,9 @@ def parse_sweep(parser: argparse.ArgumentParser, argv=None):
         parser.error("--folds N needs N >= 3 and goes without --split-seeds and --fold")
     if command.store and (command.cohort or args.encoder):
         parser.error("give either --store or --cohort/--encoder, not both")
+    if str(command.cohort or "").startswith("dicoms:"):
+        parser.error("--cohort dicoms:DIR is unlabelled (new exams to score): nothing to train "
+                     "or test on; score it with experiments/predict.py --dicom-dir DIR")
     cfg = config_from_args(SweepConfig, args, parser)
     xcfg = None if command.store else config_from_args(ExtractConfig, args, parser)
     return args, command, cfg, xcfg
@@ -263,6 +266,10 @@ def resolve_store(command: SweepCommand, xcfg, *, cache_dir=None) -> tuple[str, 
 
     if command.store:
         attrs = Store.open(command.store).attrs
+        if attrs.get("label_kind") == "none":
+            raise ValueError(f"store {command.store} is unlabelled (label kind 'none': new exams "
+                             "to score): nothing to train or test on; score its images with "
+                             "experiments/predict.py")
         return command.store, str(attrs.get("cohort", "store")), str(attrs.get("encoder",
                                                                                "unknown"))
     from milpf_jax.extraction.extract import ensure_store

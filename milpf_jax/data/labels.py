@@ -29,12 +29,13 @@ _ABNORMAL = {"N": 0, "B": 1, "M": 1}
 _MALIGNANT = {"N": 0, "M": 1}
 
 MAPPINGS: dict[str, Mapping[str, int]] = {
+    "none": {},  # unlabelled bags (new exams to score): every label -1, kept by load_packed
     "birads": _BIRADS,
     "binary": _BINARY,
     "abnormal": _ABNORMAL,
     "malignant": _MALIGNANT,
 }
-DEFAULT_MAPPING = {"birads": "birads", "binary": "binary", "mias": "abnormal"}
+DEFAULT_MAPPING = {"birads": "birads", "binary": "binary", "mias": "abnormal", "none": "none"}
 
 
 def resolve_mapping(name: str | None, label_kind: str) -> tuple[str, Mapping[str, int]]:

@@ -142,6 +142,7 @@ def load_packed(
     split_seed: int = 0,
     fold: str | None = None,
     allow_partial: bool = False,
+    unlabelled: bool = False,
     dtype=np.float32,
 ) -> PackedBags:
     """Read a store into packed bags, applying a label mapping and a split seed.
@@ -159,6 +160,9 @@ def load_packed(
       allow_partial: if False (default) a store with pending or failed bags is refused; if True
         those bags are skipped and counted in info["skipped"]. Never read as zeros. Bags that
         hold NaN or inf (written outside `write_bag`) are refused, named.
+      unlabelled: keep the bags the mapping (or the task) leaves out too, with label -1: every
+        bag of the store scored, as `predict.py` does. A store of label kind "none" (a folder
+        of new exams) keeps them always.
       dtype: the compute dtype embeddings are cast to (the disk format is float16).
     """
     if not isinstance(store, Store):
@@ -187,7 +191,7 @@ def load_packed(
         splits = labels.make_folds(patients, raw, store.array("split_given"), fold=k, n_folds=n,
                                    seed=split_seed)
     done = status == DONE
-    keep = done & (mapped >= 0)
+    keep = done & ((mapped >= 0) | bool(unlabelled or label_kind == "none"))
     kept = np.flatnonzero(keep)
     views, views_mask, tiles, tile_bag, tile_view, tile_boxes = _read_kept(store, kept, dtype)
     info = dict(

@@ -54,7 +54,7 @@ class Lesion:
 @dataclass(frozen=True)
 class Cohort:
     name: str  # e.g. manifest file stem, "mias", "phantom"
-    label_kind: str  # "birads" | "binary" | "mias"
+    label_kind: str  # "birads" | "binary" | "mias" | "none" (unlabelled: new exams to score)
     bags: tuple[BagSpec, ...]  # sorted by bag_id
     lesions: tuple[Lesion, ...] = ()  # ground truth boxes where known
     spec: str = ""  # the cohort spec that reads it again (sources.read_cohort); "" if none
@@ -75,9 +75,12 @@ def task_name_of(label_kind: str) -> str:
 def normalize_label(kind: str, value: str) -> str | None:
     """The raw label in canonical form ("4a" -> "4A"), or None if `value` is not valid for `kind`.
 
-    kind: "birads" (0, 1, 2, 3, 4, 4A, 4B, 4C, 5, 6; case-insensitive) or "binary" (0, 1).
+    kind: "birads" (0, 1, 2, 3, 4, 4A, 4B, 4C, 5, 6; case-insensitive), "binary" (0, 1) or
+    "none" (unlabelled: only "" is valid).
     """
     value = value.strip().upper()
+    if kind == "none":
+        return "" if not value else None
     valid = BIRADS_VALUES if kind == "birads" else BINARY_VALUES
     return value if value in valid else None
 

@@ -107,6 +107,15 @@ def manifest_of(spec, *, cache_dir=None) -> Path | None:
     return None if source.manifest is None else source.manifest(arg, cache_dir=cache_dir)
 
 
+def _dicom_folder(arg, *, cache_dir=None, progress=True) -> Cohort:
+    from milpf_jax.reading.dicom_folder import read_dicom_folder
+
+    return read_dicom_folder(arg)[0]
+
+
+register_source(CohortSource(
+    name="dicoms", usage="'dicoms:DIR' (a folder of MG DICOMs, unlabelled: new exams to score)",
+    read=_dicom_folder))
 register_source(CohortSource(
     name="mias", usage="'mias:DIR' (a mini-MIAS folder)",
     read=lambda arg, *, cache_dir=None, progress=True: mias(arg)))

@@ -1,0 +1,252 @@
+"""experiments/predict.py: a finished run on new exams, end to end.
+
+A head is trained on a tiny phantom with the stand-in encoder (as the explain tests do). Then:
+with the run's own cohort nothing is encoded and every test breast gets the sweep's p_best; with
+a folder of the phantom's test DICOMs (no labels) every breast is scored again through a new
+store, joined on file path; files that are not usable mammograms are listed with their reasons;
+a bag whose only view cannot be read gets no score; bad runs are refused before any work.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from helpers.repo import load_script
+from helpers.standin import STANDIN, install_standin
+from milpf_jax.explanation.predict import (
+    BREAST_COLUMNS,
+    EXAM_COLUMNS,
+    compare_distributions,
+    exam_rows,
+    predict_images,
+    read_thresholds,
+)
+from milpf_jax.reading.dicom_folder import read_dicom_folder
+
+SPEC = "phantom:n_patients=24,rows=256,cols=208,pixel_spacing_mm=0.8"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MILPF_CACHE", str(root / "cache"))
+    install_standin(mp.setitem, mp.setattr, input_size=32)
+    sweep = load_script("sweep")
+    assert sweep.main(["--cohort", SPEC, "--encoder", STANDIN, "--workers", "0", "--device",
+                       "cpu", "--seeds", "2", "--epochs", "30", "--bootstrap", "0", "--quiet",
+                       "--out", str(root / "run")]) == 0  # fmt: skip
+    yield root
+    mp.undo()
+
+
+def _cohort(root: Path):
+    from milpf_jax.reading.sources import read_cohort
+
+    return read_cohort(SPEC, cache_dir=root / "cache")
+
+
+def _test_dicoms(root: Path, folder: Path) -> dict[str, str]:
+    """Copy the run's test breasts' DICOMs into `folder`; file name -> the run's bag id."""
+    test = {r["bag_id"] for r in read_csv(root / "run" / "predictions.csv")
+            if r["split"] == "test"}
+    folder.mkdir(parents=True, exist_ok=True)
+    owner = {}
+    for bag in _cohort(root).bags:
+        if bag.bag_id in test:
+            for image in bag.images:
+                shutil.copy(image.path, folder / Path(image.path).name)
+                owner[Path(image.path).name] = bag.bag_id
+    return owner
+
+
+def test_the_runs_own_cohort_encodes_nothing_and_gives_p_best(run):
+    predict = load_script("predict")
+    out = run / "own"
+    assert predict.main(["--run", str(run / "run"), "--cohort", SPEC, "--out", str(out),
+                         "--quiet", "--workers", "0"]) == 0  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoded_bags"] == 0
+    sweep_rows = {r["bag_id"]: r for r in read_csv(run / "run" / "predictions.csv")}
+    rows = read_csv(out / "predictions.csv")
+    assert tuple(rows[0]) == BREAST_COLUMNS
+    ours = {r["bag_id"]: r for r in rows}
+    test = [b for b, r in sweep_rows.items() if r["split"] == "test"]
+    assert test and set(test) <= set(ours)
+    for bag in test:
+        assert float(ours[bag]["p"]) == pytest.approx(float(sweep_rows[bag]["p_best"]), abs=1e-6)
+    # every bag the store holds is scored, those the label mapping leaves out (BI-RADS 2, 3) too
+    assert len(ours) == 2 * 24 - len(summary["unscored_breasts"])
+    results = json.loads((run / "run" / "results.json").read_text())
+    t, ts = (results["best"]["test"][k]["value"] for k in ("threshold", "threshold_sens90"))
+    for r in rows:  # p >= threshold (p is written to 8 decimals, the flag on the full value)
+        for flag, threshold in (("flag_bacc", t), ("flag_sens90", ts)):
+            if abs(float(r["p"]) - threshold) > 1e-8:
+                assert int(r[flag]) == (float(r["p"]) >= threshold)
+    exams = read_csv(out / "exams.csv")
+    assert tuple(exams[0]) == EXAM_COLUMNS
+    for e in exams:
+        mine = [float(r["p"]) for r in rows
+                if (r["patient_id"], r["exam_id"]) == (e["patient_id"], e["exam_id"])]
+        assert float(e["p"]) == pytest.approx(max(mine), abs=1e-8) and int(e["breasts"]) == len(
+            mine)
+
+
+def test_a_dicom_folder_without_labels_is_scored_and_its_junk_listed(run):
+    folder = run / "new"
+    owner = _test_dicoms(run, folder)
+    # files that are not usable mammograms, each for its own reason
+    (folder / "notes.txt").write_text("not a DICOM file")
+    first = sorted(folder.glob("*.dcm"))[0]
+    for name, change in (
+        ("ct.dcm", lambda ds: setattr(ds, "Modality", "CT")),
+        ("raw.dcm", lambda ds: setattr(ds, "PresentationIntentType", "FOR PROCESSING")),
+        ("nolat.dcm", lambda ds: (delattr(ds, "ImageLaterality"))),
+    ):
+        ds = pydicom.dcmread(first)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        change(ds)
+        ds.save_as(folder / name)
+    predict = load_script("predict")
+    out = run / "new-out"
+    assert predict.main(["--run", str(run / "run"), "--dicom-dir", str(folder), "--out",
+                         str(out), "--quiet", "--workers", "0"]) == 0  # fmt: skip
+    failures = {Path(r["path"]).name: r for r in read_csv(out / "failures.csv")}
+    assert set(failures) == {"notes.txt", "ct.dcm", "raw.dcm", "nolat.dcm"}
+    assert "not a DICOM" in failures["notes.txt"]["reason"]
+    assert "'CT'" in failures["ct.dcm"]["reason"]
+    assert "FOR PROCESSING" in failures["raw.dcm"]["reason"]
+    assert "Laterality" in failures["nolat.dcm"]["reason"]
+    assert all(r["stage"] == "read" for r in failures.values())
+
+    # joined on file path, every breast has the sweep's p_best (a new store, re-encoded)
+    sweep_p = {r["bag_id"]: float(r["p_best"]) for r in read_csv(run / "run" / "predictions.csv")}
+    cohort, _ = read_dicom_folder(folder)
+    ours = {r["bag_id"]: r for r in read_csv(out / "predictions.csv")}
+    assert len(ours) == len(set(owner.values())) == len(cohort.bags)
+    for bag in cohort.bags:
+        origin = {owner[Path(i.path).name] for i in bag.images}
+        assert len(origin) == 1
+        assert float(ours[bag.bag_id]["p"]) == pytest.approx(sweep_p[origin.pop()], abs=1e-3)
+        ds = pydicom.dcmread(bag.images[0].path, stop_before_pixels=True)
+        assert bag.exam_id == ds.StudyInstanceUID and bag.patient_id == ds.PatientID
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoded_bags"] == len(cohort.bags) and summary["failed_files"] == 4
+    assert summary["distribution"]["breast"]["new"]["n"] == len(ours)
+
+    # a rerun encodes nothing
+    again = predict_images(run / "run", folder, cache_dir=run / "cache", workers=0)
+    assert again.summary["encoded_bags"] == 0
+    assert [r["p"] for r in again.breasts] == pytest.approx(
+        [float(ours[r["bag_id"]]["p"]) for r in again.breasts], abs=1e-7)
+
+
+def test_a_breast_whose_only_view_fails_gets_no_score_and_its_reason(run, tmp_path):
+    folder = tmp_path / "one"
+    _test_dicoms(run, folder)
+    victim = sorted(folder.glob("*.dcm"))[0]
+    ds = pydicom.dcmread(victim)
+    kept = {Path(p).name for p in folder.glob("*.dcm")}
+    # the breast keeps a single view whose pixel data is cut short: it fails at planning
+    victim_bag = next(b for b in read_dicom_folder(folder)[0].bags
+                      if victim.name in {Path(i.path).name for i in b.images})
+    for image in victim_bag.images:
+        if Path(image.path).name != victim.name:
+            Path(image.path).unlink()
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[: len(raw) - ds.Rows * ds.Columns])
+    assert len(kept) > 2
+    result = predict_images(run / "run", folder, cache_dir=run / "cache", workers=0)
+    assert victim_bag.bag_id in result.summary["unscored_breasts"]
+    assert victim_bag.bag_id not in {r["bag_id"] for r in result.breasts}
+    reasons = [f for f in result.failures if f["bag_id"] == victim_bag.bag_id]
+    assert reasons and reasons[0]["stage"] in ("plan", "encode") and reasons[0]["reason"]
+
+
+def test_a_folder_without_a_mammogram_ends_with_exit_1_and_the_list(run, tmp_path, capsys):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "a.txt").write_text("x")
+    predict = load_script("predict")
+    from milpf_jax.cli import run as run_main
+
+    out = tmp_path / "out"
+    code = run_main(predict.main, ["--run", str(run / "run"), "--dicom-dir", str(folder),
+                                   "--out", str(out), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no usable mammogram" in err and "failures.csv" in err
+    assert [Path(r["path"]).name for r in read_csv(out / "failures.csv")] == ["a.txt"]
+
+
+def test_runs_that_cannot_score_new_images_are_refused(run, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="no best head"):
+        predict_images(tmp_path, tmp_path)
+    # a head trained on imported features: no encoder to re-run, refused before reading images
+    from milpf_jax.learning import checkpoint
+
+    real = checkpoint.read_metadata
+
+    def imported(directory, step=None):
+        meta = real(directory, step)
+        return {**meta, "store_attrs": {**meta["store_attrs"], "encoder": "imported:uni"}}
+
+    monkeypatch.setattr(checkpoint, "read_metadata", imported)
+    with pytest.raises(ValueError, match="imported features .*'imported:uni'"):
+        predict_images(run / "run", tmp_path / "not-read")
+
+
+def test_usage_errors_exit_2_naming_the_flags(tmp_path, capsys):
+    predict = load_script("predict")
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(["--run", str(tmp_path)])
+    assert exit_.value.code == 2 and "--dicom-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(["--run", str(tmp_path), "--dicom-dir", "a", "--cohort", "b"])
+    assert exit_.value.code == 2 and "exactly one" in capsys.readouterr().err
+    # an unlabelled folder is for scoring: the sweep refuses it before extracting anything
+    with pytest.raises(SystemExit) as exit_:
+        load_script("sweep").main(["--cohort", f"dicoms:{tmp_path}"])
+    assert exit_.value.code == 2 and "predict.py" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_thresholds_from_a_file_and_exam_rows():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "t.json"
+        path.write_text(json.dumps({"threshold": 0.3, "threshold_sens90": 0.1}))
+        t = read_thresholds(path)
+        assert (t.bacc, t.sens90, t.exam_bacc) == (0.3, 0.1, None)
+        path.write_text(json.dumps({"threshold": "x"}))
+        with pytest.raises(ValueError, match="threshold_sens90"):
+            read_thresholds(path)
+    rows = [dict(patient_id="P", exam_id="E", p=0.2), dict(patient_id="P", exam_id="E", p=0.7),
+            dict(patient_id="Q", exam_id="E", p=0.4)]
+    exams = exam_rows(rows, t)
+    assert [(e["patient_id"], e["p"], e["breasts"], e["flag_bacc"]) for e in exams] == [
+        ("P", 0.7, 2, ""), ("Q", 0.4, 1, "")]
+
+
+def test_distribution_comparison_sees_a_shift():
+    rng = np.random.default_rng(0)
+    val = rng.uniform(0, 1, 400)
+    same = compare_distributions(rng.uniform(0, 1, 400), val, (("bacc", 0.5),))
+    shifted = compare_distributions(rng.uniform(0.3, 1, 400), val, (("bacc", 0.5),))
+    assert same["ks_pvalue"] > 0.01 > shifted["ks_pvalue"]
+    assert shifted["flagged"]["bacc"]["new"] == pytest.approx(
+        np.mean(rng.uniform(0.3, 1, 100000) >= 0.5), abs=0.06)
+    assert same["new"]["quantiles"]["0.5"] == pytest.approx(0.5, abs=0.08)
