@@ -5,7 +5,6 @@ highdicom from real MG files, validated by dciodvfy (dicom3tools), the SR render
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pydicom

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from helpers.repo import load_script
-from helpers.standin import STANDIN, install_standin
+from helpers.runs import train_standin_run
 from milpf_jax.explanation.predict import (
     BREAST_COLUMNS,
     EXAM_COLUMNS,
@@ -41,13 +41,7 @@ def read_csv(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MILPF_CACHE", str(root / "cache"))
-    install_standin(mp.setitem, mp.setattr, input_size=32)
-    sweep = load_script("sweep")
-    assert sweep.main(["--cohort", SPEC, "--encoder", STANDIN, "--workers", "0", "--device",
-                       "cpu", "--seeds", "2", "--epochs", "30", "--bootstrap", "0", "--quiet",
-                       "--out", str(root / "run")]) == 0  # fmt: skip
+    mp = train_standin_run(root, SPEC)
     yield root
     mp.undo()
 

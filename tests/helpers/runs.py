@@ -38,3 +38,22 @@ def write_run(path: Path, rows, skill: float, seed: int, order=None) -> Path:
             w.writerow([bag, patient, exam, side, split, label, label, f"{p:.6f}", f"{p:.6f}"])
     return path
 
+
+
+def train_standin_run(root: Path, spec: str, *, seeds: int = 2, epochs: int = 30):
+    """A real sweep folder, `root/run`, trained through experiments/sweep.py on cohort `spec`
+    with the stand-in encoder (32-px inputs) and the cache in `root/cache`. Returns the
+    MonkeyPatch that holds the cache variable and the stand-in: undo it when done."""
+    import pytest
+
+    from helpers.repo import load_script
+    from helpers.standin import STANDIN, install_standin
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MILPF_CACHE", str(root / "cache"))
+    install_standin(mp.setitem, mp.setattr, input_size=32)
+    sweep = load_script("sweep")
+    assert sweep.main(["--cohort", spec, "--encoder", STANDIN, "--workers", "0", "--device",
+                       "cpu", "--seeds", str(seeds), "--epochs", str(epochs), "--bootstrap", "0",
+                       "--quiet", "--out", str(root / "run")]) == 0  # fmt: skip
+    return mp
