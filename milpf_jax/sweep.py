@@ -27,7 +27,7 @@ from milpf_jax.config import as_dict, check, option, with_leaves
 from milpf_jax.data import labels
 from milpf_jax.data.packed import DataConfig, PackedBags, load_packed
 from milpf_jax.data.store import Store
-from milpf_jax.evaluation import metrics, runs, tables
+from milpf_jax.evaluation import figures, metrics, report, runs, tables
 from milpf_jax.evaluation.results import (
     FOLDS_DEFINITION,
     RESULT_DEFINITIONS,
@@ -193,7 +193,7 @@ def write_run(out_dir, result: SweepResult, *, command: str = "") -> dict:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = dict(result.results, command=command)
+    results = dict(result.results, command=command, timing=dict(result.results["timing"]))
     runs.write_predictions(out / "predictions.csv", result.packed, result.probs, result.best)
     best, state, info = result.best, result.fit.state, result.packed.info
     cfg = result.config
@@ -206,7 +206,24 @@ def write_run(out_dir, result: SweepResult, *, command: str = "") -> dict:
         mapping=info["mapping"],
         split_seed=cfg.data.split_seed, fold=cfg.data.fold, cohort=results["cohort"],
         command=command))
-    runs.write_results(out, results, tables.format_markdown(results))
+    history = result.fit.history
+    runs.write_history(out / runs.HISTORY_FILE, history.loss, history.val_auc, history.active)
+    markdown = tables.format_markdown(results)
+    runs.write_results(out, results, markdown)  # first: a figure's failure loses no result
+    write_pictures(out, results, images=cfg.eval.report_images)
+    runs.write_results(out, results, markdown)  # again, with the figures' and report's timing
+    return results
+
+
+def write_pictures(run_dir, results: dict, *, images: str = "thumbnails") -> dict:
+    """RUN/figures/ and RUN/report.html of a run folder; their seconds go into
+    results["timing"] (figures_seconds, report_seconds). Returns results."""
+    t0 = time.perf_counter()
+    figures.write_run_figures(run_dir, results)
+    t1 = time.perf_counter()
+    report.write_run_report(run_dir, images=images, results=results)
+    results["timing"] = dict(results.get("timing") or {}, figures_seconds=t1 - t0,
+                             report_seconds=time.perf_counter() - t1)
     return results
 
 
@@ -248,6 +265,8 @@ def run_repeated(store, cfg: SweepConfig, out_dir, *, split_seeds=(), folds: int
         summary, name = summarize_splits(results), "splits.json"
     summary = dict(format_version=runs.RESULTS_FORMAT_VERSION, command=command, **summary)
     write_json(out / name, summary)
+    report.write_splits_pictures(out, summary, results,
+                                 {key: name for key, (name, _, _) in splits.items()})
     return summary
 
 
