@@ -50,7 +50,7 @@ h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 10px;border-bottom:1px solid #eee;
 text-align:left;vertical-align:top}th{background:#f5f5f5}td.num{text-align:right;
 font-variant-numeric:tabular-nums}code{font-size:12px;word-break:break-all}
-figure{display:inline-block;margin:8px;vertical-align:top}figure img{max-width:560px;
+figure{display:inline-block;margin:8px;vertical-align:top;max-width:100%}figure img{max-width:100%;
 border:1px solid #eee}figcaption{font-size:12px;color:#555}
 .filters{position:sticky;top:0;background:#fff;padding:8px 0;z-index:1}
 .bag{display:inline-block;margin:6px;padding:6px;border:2px solid #ccc;border-radius:4px;
