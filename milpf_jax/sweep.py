@@ -27,7 +27,8 @@ from milpf_jax.config import as_dict, check, option, with_leaves
 from milpf_jax.data import labels
 from milpf_jax.data.packed import DataConfig, PackedBags, load_packed
 from milpf_jax.data.store import Store
-from milpf_jax.evaluation import figures, metrics, report, runs, tables
+from milpf_jax.evaluation import figures, metrics, runs, tables
+from milpf_jax.evaluation.report import write_run_report, write_splits_pictures
 from milpf_jax.evaluation.results import (
     FOLDS_DEFINITION,
     RESULT_DEFINITIONS,
@@ -221,7 +222,7 @@ def write_pictures(run_dir, results: dict, *, images: str = "thumbnails") -> dic
     t0 = time.perf_counter()
     figures.write_run_figures(run_dir, results)
     t1 = time.perf_counter()
-    report.write_run_report(run_dir, images=images, results=results)
+    write_run_report(run_dir, images=images, results=results)
     results["timing"] = dict(results.get("timing") or {}, figures_seconds=t1 - t0,
                              report_seconds=time.perf_counter() - t1)
     return results
@@ -241,7 +242,8 @@ def run_repeated(store, cfg: SweepConfig, out_dir, *, split_seeds=(), folds: int
                  command: str = "", progress: bool = True, report=print) -> dict:
     """The sweep on several split seeds (OUT/split-<seed>/, OUT/splits.json) or on every fold of
     an n-fold cross-validation (OUT/fold-<k>/, OUT/folds.json, with the pooled out-of-fold AUC).
-    `report` gets each split's table as it finishes. Returns the summary written."""
+    `report` gets each split's table as it finishes. OUT/figures/folds.png and OUT/report.html
+    show every split's test AUC. Returns the summary written."""
     out = Path(out_dir)
     if folds:
         splits = {k: (f"fold {k}/{folds}", out / f"fold-{k}",
@@ -265,7 +267,7 @@ def run_repeated(store, cfg: SweepConfig, out_dir, *, split_seeds=(), folds: int
         summary, name = summarize_splits(results), "splits.json"
     summary = dict(format_version=runs.RESULTS_FORMAT_VERSION, command=command, **summary)
     write_json(out / name, summary)
-    report.write_splits_pictures(out, summary, results,
+    write_splits_pictures(out, summary, results,
                                  {key: name for key, (name, _, _) in splits.items()})
     return summary
 
