@@ -171,6 +171,8 @@ def test_ablation_three_heads_compared_and_split_by_lesion_kind(main_job, tmp_pa
     header = next(line for line in printed.splitlines() if line.startswith("| head |"))
     assert "AUC mass (n=" in header  # lesion_kinds of the phantom's manifest
     assert "| global-only |" in printed and (out / "comparison.md").is_file()
+    assert (out / "figures" / "comparison.png").is_file()  # the forest plot, in its report
+    assert "data:image/png" in (out / "report.html").read_text()
     # Each variant's results.json records the cohort it was trained on.
     from milpf_jax.evaluation.runs import recorded_cohort
 
