@@ -29,6 +29,7 @@ from milpf_jax.evaluation.subgroups import format_subgroups, subgroup_aucs
 from milpf_jax.files import write_json
 from milpf_jax.reading.manifest import bag_values
 from milpf_jax.reading.sources import manifest_of
+from milpf_jax.sweep import cohort_views
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     if (run_dir / "report.html").is_file():  # the run's page shows every figure: make it again
         images = read_results(run_dir).get("config", {}).get("eval", {}).get(
             "report_images", "thumbnails")
-        write_run_report(run_dir, images=images)
+        write_run_report(run_dir, images=images, read_views=cohort_views)
     print(f"wrote {out} and figures/subgroups-<column>.png")
     return 0
 

@@ -7,7 +7,8 @@ sorted by predicted probability, each breast's views in hanging order (CC over M
 breast in the R column, a left in the L column, as RCC|LCC over RMLO|LMLO), filterable by label
 and by correct/incorrect at the validation threshold. The gallery shows explain's overlays
 (RUN/explain/store/ preferred, else RUN/explain/retile/), else the plain views read through the
-reader from the run's recorded cohort. `write_summary_report(OUT, ...)` is the page of a
+reader from the run's recorded cohort (by `read_views`, which the sweep layer gives).
+`write_summary_report(OUT, ...)` is the page of a
 cross-validation, repeated splits or a comparison.
 
 The page fetches nothing: images are data URIs, style and script are inline, and a
@@ -25,7 +26,6 @@ import html
 import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -270,59 +270,6 @@ def _overlay_views(d: Path, images: str) -> dict[str, list]:
     return out
 
 
-def _plain_view(ref, images: str):
-    """(view code, caption, data URI or None, note) of one view read through the reader, in
-    the file's own frame (as radiologists hang it)."""
-    from PIL import Image
-
-    from milpf_jax.reading.imaging import ImageReadError, read_image
-
-    caption = ref.ref or ref.view
-    try:
-        im = read_image(ref.path, laterality=ref.laterality, view=ref.view,
-                        allow_excluded=True)
-    except (ImageReadError, OSError) as err:
-        reason = "not readable" if ref.ref else str(err)
-        return ref.view, caption, None, reason.replace(ref.path, "(file)")
-    pixels = im.pixels[:, ::-1] if im.flipped else im.pixels  # [H, W] source frame
-    grey = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8), "L")
-    if images == "thumbnails":  # shrink before encoding: most of the time is here
-        grey = grey.reduce(max(1, max(grey.size) // (2 * THUMBNAIL_PX)))
-    return ref.view, caption, encode_image(grey, images), ""
-
-
-def _cohort_views(results: dict, bag_ids, images: str) -> tuple[dict[str, list], str]:
-    """bag_id -> its views read from the run's recorded cohort; and a note when there are
-    none (no cohort recorded, or it cannot be read)."""
-    spec = results.get("cohort")
-    if not spec:
-        return {}, "the run records no cohort (a store made without one): no views to show"
-    from milpf_jax.reading.imaging import READER_VERSION
-    from milpf_jax.reading.sources import read_cohort
-
-    try:
-        cohort = read_cohort(spec, progress=False)
-    except (OSError, ValueError) as err:
-        return {}, f"the run's cohort could not be read ({type(err).__name__}): no views shown"
-    wanted = set(bag_ids)
-    specs = [b for b in cohort.bags if b.bag_id in wanted]
-    refs = [(b.bag_id, ref) for b in specs for ref in b.images]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        views = list(pool.map(lambda br: _plain_view(br[1], images), refs))
-    out: dict[str, list] = {}
-    for (bag, _), view in zip(refs, views):
-        out.setdefault(bag, []).append(view)
-    note = ""
-    stored = str(((results.get("store_attrs") or {}).get("preprocessing") or {})
-                 .get("reader_version", READER_VERSION))
-    if stored != str(READER_VERSION):
-        note = (f"the store was read under reading rule {stored}, these views under rule "
-                f"{READER_VERSION}")
-    return out, note
-
-
 def _card(row: dict, views: list, threshold: float | None) -> str:
     label, p = int(row["label"]), float(row["p_best"])
     outcome = "" if threshold is None else "correct" if (p >= threshold) == bool(label) \
@@ -344,7 +291,7 @@ def _card(row: dict, views: list, threshold: float | None) -> str:
             f"<div class=views>{''.join(cells)}</div></div>")
 
 
-def _gallery(run_dir: Path, results: dict, images: str) -> str:
+def _gallery(run_dir: Path, results: dict, images: str, read_views) -> str:
     rows = sorted((r for r in runs.read_predictions(run_dir).values() if r["split"] == "test"),
                   key=lambda r: -float(r["p_best"]))
     threshold = (results["best"]["test"].get("threshold") or {}).get("value")
@@ -355,8 +302,10 @@ def _gallery(run_dir: Path, results: dict, images: str) -> str:
     elif d is not None:
         views = _overlay_views(d, images)
         note = f"attention maps and boxes from explain ({d.name} maps)"
+    elif read_views is None:
+        views, note = {}, "explain has not run, and no views were read for this page"
     else:
-        views, note = _cohort_views(results, [r["bag_id"] for r in rows], images)
+        views, note = read_views(results, [r["bag_id"] for r in rows], images)
         note = "; ".join(x for x in ("plain views (explain has not run)", note) if x)
     filters = (
         "<div class=filters>label <select id=filter-label><option value=all>all</option>"
@@ -377,10 +326,15 @@ def _gallery(run_dir: Path, results: dict, images: str) -> str:
 RUN_FIGURES = ("roc", "roc-exam", "runs", "curves", "reliability")
 
 
-def write_run_report(run_dir, *, images: str = "thumbnails", results: dict | None = None) -> Path:
+def write_run_report(run_dir, *, images: str = "thumbnails", results: dict | None = None,
+                     read_views=None) -> Path:
     """RUN/report.html (see the module's docstring); returns its path.
 
     results: results.json's dict when the caller holds it (else read from RUN).
+    read_views: where explain has not run, fn(results, bag_ids, images) -> ({bag_id: [(view
+    code, caption, data URI or None, note)]}, note) giving the plain views (the sweep's
+    `milpf_jax.sweep.cohort_views` reads them through the reader; this layer reads no image
+    file but explain's PNGs).
     """
     _check_images(images)
     run_dir = Path(run_dir)
@@ -392,7 +346,7 @@ def write_run_report(run_dir, *, images: str = "thumbnails", results: dict | Non
             f"<h2>Attention maps and detection</h2>"
             + (_detection(d) if d else "<p class=note>explain has not run on this folder "
                "(experiments/explain.py writes RUN/explain/).</p>")
-            + f"<h2>Gallery</h2>{_gallery(run_dir, results, images)}"
+            + f"<h2>Gallery</h2>{_gallery(run_dir, results, images, read_views)}"
             f"<script>{SCRIPT}</script>")
     return write_text(run_dir / "report.html", _page(f"milpf-jax {run_dir.name}", body))
 

@@ -94,10 +94,14 @@ def test_thumbnails_are_at_most_256_px_and_none_leaves_every_mammogram_out(run):
 
 
 def test_plain_gallery_without_explain_says_why_no_view_is_shown(run):
+    from milpf_jax.sweep import cohort_views
+
     run, _ = run
-    page = report.write_run_report(run).read_text()
+    page = report.write_run_report(run, read_views=cohort_views).read_text()
     assert "explain has not run" in page and "records no cohort" in page
     assert len(_images(page)) == 4
+    page = report.write_run_report(run).read_text()
+    assert "no views were read" in page and len(_images(page)) == 4
 
 
 def _chrome(tmp_path):
