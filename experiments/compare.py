@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(p, CompareCommand)
-    add_config_flags(p, EvalConfig)
+    add_config_flags(p, EvalConfig, skip=("report_images",))  # no gallery here
     return p
 
 

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=dict(mapping="label mapping (default: the one the run trained with)",
                                task="the task (default: the run's own where the store holds it, "
                                     "else the store's first)"))
-    add_config_flags(p, EvalConfig)
+    add_config_flags(p, EvalConfig, skip=("report_images",))  # writes no report
     return p
 
 

@@ -18,7 +18,9 @@ Five patient-grouped splits, or 5-fold cross-validation (a run folder each, then
     python experiments/sweep.py --split-seeds 0,1,2,3,4
     python experiments/sweep.py --folds 5
 
-Writes DIR/results.json, DIR/results.md, DIR/predictions.csv and DIR/best/ (the best head).
+Writes DIR/results.json, DIR/results.md, DIR/predictions.csv, DIR/history.npz, DIR/figures/,
+DIR/best/ (the best head) and DIR/report.html (one self-contained page; --report-images none
+leaves the mammograms out of it), and prints the report's path last.
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ def main(argv=None) -> int:
                                folds=opts.folds, command=command, progress=not opts.quiet)
         print(format_splits(summary))
         name = "folds.json" if opts.folds else "splits.json"
-        print(f"\nwrote {out}/{name} and a run folder per {'fold' if opts.folds else 'split'} "
-              f"(total {time.perf_counter() - t0:.0f} s)")
+        print(f"\nwrote {out}/{name}, figures/ and a run folder per "
+              f"{'fold' if opts.folds else 'split'} (total {time.perf_counter() - t0:.0f} s)")
+        print(f"report: {out}/report.html")
         return 0
     results = run_sweep(store, cfg, out, command=command, progress=not opts.quiet)
     print(format_table(results))
-    print(f"\nwrote {out}/results.json, results.md, predictions.csv and best/ "
-          f"(total {time.perf_counter() - t0:.0f} s)")
+    print(f"\nwrote {out}/results.json, results.md, predictions.csv, history.npz, figures/ and "
+          f"best/ (total {time.perf_counter() - t0:.0f} s)")
+    print(f"report: {out}/report.html")
     return 0
 
 

@@ -15,6 +15,7 @@ applies a finished run's head to another store. The run folder's format is
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from milpf_jax.config import as_dict, check, option, with_leaves
 from milpf_jax.data import labels
 from milpf_jax.data.packed import DataConfig, PackedBags, load_packed
 from milpf_jax.data.store import Store
-from milpf_jax.evaluation import metrics, runs, tables
+from milpf_jax.evaluation import figures, metrics, runs, tables
+from milpf_jax.evaluation import report as pages
 from milpf_jax.evaluation.results import (
     FOLDS_DEFINITION,
     RESULT_DEFINITIONS,
@@ -193,7 +195,7 @@ def write_run(out_dir, result: SweepResult, *, command: str = "") -> dict:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = dict(result.results, command=command)
+    results = dict(result.results, command=command, timing=dict(result.results["timing"]))
     runs.write_predictions(out / "predictions.csv", result.packed, result.probs, result.best)
     best, state, info = result.best, result.fit.state, result.packed.info
     cfg = result.config
@@ -206,8 +208,79 @@ def write_run(out_dir, result: SweepResult, *, command: str = "") -> dict:
         mapping=info["mapping"],
         split_seed=cfg.data.split_seed, fold=cfg.data.fold, cohort=results["cohort"],
         command=command))
-    runs.write_results(out, results, tables.format_markdown(results))
+    history = result.fit.history
+    runs.write_history(out / runs.HISTORY_FILE, history.loss, history.val_auc, history.active)
+    markdown = tables.format_markdown(results)
+    runs.write_results(out, results, markdown)  # first: a figure's failure loses no result
+    write_pictures(out, results, images=cfg.eval.report_images)
+    runs.write_results(out, results, markdown)  # again, with the figures' and report's timing
     return results
+
+
+def write_pictures(run_dir, results: dict, *, images: str = "thumbnails") -> dict:
+    """RUN/figures/ and RUN/report.html of a run folder; their seconds go into
+    results["timing"] (figures_seconds, report_seconds). Returns results."""
+    t0 = time.perf_counter()
+    figures.write_run_figures(run_dir, results)
+    t1 = time.perf_counter()
+    pages.write_run_report(run_dir, images=images, results=results, read_views=cohort_views)
+    results["timing"] = dict(results.get("timing") or {}, figures_seconds=t1 - t0,
+                             report_seconds=time.perf_counter() - t1)
+    return results
+
+
+def _plain_view(ref, images: str):
+    """(view code, caption, data URI or None, note) of one view read through the reader, in
+    the file's own frame (as radiologists hang it)."""
+    from PIL import Image
+
+    from milpf_jax.reading.imaging import ImageReadError, read_image
+
+    caption = ref.ref or ref.view
+    try:
+        im = read_image(ref.path, laterality=ref.laterality, view=ref.view,
+                        allow_excluded=True)
+    except (ImageReadError, OSError) as err:
+        reason = "not readable" if ref.ref else str(err)
+        return ref.view, caption, None, reason.replace(ref.path, "(file)")
+    pixels = im.pixels[:, ::-1] if im.flipped else im.pixels  # [H, W] source frame
+    grey = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8), "L")
+    if images == "thumbnails":  # shrink before encoding: most of the time is here
+        grey = grey.reduce(max(1, max(grey.size) // (2 * pages.THUMBNAIL_PX)))
+    return ref.view, caption, pages.encode_image(grey, images), ""
+
+
+def cohort_views(results: dict, bag_ids, images: str) -> tuple[dict[str, list], str]:
+    """bag_id -> its views read through the reader from the run's recorded cohort (the plain
+    views of report.html's gallery, `write_run_report`'s read_views); and a note when there
+    are none (no cohort recorded, or it cannot be read)."""
+    spec = results.get("cohort")
+    if not spec:
+        return {}, "the run records no cohort (a store made without one): no views to show"
+    from milpf_jax.reading.imaging import READER_VERSION
+    from milpf_jax.reading.sources import read_cohort
+
+    try:
+        cohort = read_cohort(spec, progress=False)
+    except (OSError, ValueError) as err:
+        return {}, f"the run's cohort could not be read ({type(err).__name__}): no views shown"
+    wanted = set(bag_ids)
+    specs = [b for b in cohort.bags if b.bag_id in wanted]
+    refs = [(b.bag_id, ref) for b in specs for ref in b.images]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # I/O, decoding
+        views = list(pool.map(lambda br: _plain_view(br[1], images), refs))
+    out: dict[str, list] = {}
+    for (bag, _), view in zip(refs, views):
+        out.setdefault(bag, []).append(view)
+    note = ""
+    stored = str(((results.get("store_attrs") or {}).get("preprocessing") or {})
+                 .get("reader_version", READER_VERSION))
+    if stored != str(READER_VERSION):
+        note = (f"the store was read under reading rule {stored}, these views under rule "
+                f"{READER_VERSION}")
+    return out, note
 
 
 def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: bool = True):
@@ -224,7 +297,8 @@ def run_repeated(store, cfg: SweepConfig, out_dir, *, split_seeds=(), folds: int
                  command: str = "", progress: bool = True, report=print) -> dict:
     """The sweep on several split seeds (OUT/split-<seed>/, OUT/splits.json) or on every fold of
     an n-fold cross-validation (OUT/fold-<k>/, OUT/folds.json, with the pooled out-of-fold AUC).
-    `report` gets each split's table as it finishes. Returns the summary written."""
+    `report` gets each split's table as it finishes. OUT/figures/folds.png and OUT/report.html
+    show every split's test AUC. Returns the summary written."""
     out = Path(out_dir)
     if folds:
         splits = {k: (f"fold {k}/{folds}", out / f"fold-{k}",
@@ -248,6 +322,8 @@ def run_repeated(store, cfg: SweepConfig, out_dir, *, split_seeds=(), folds: int
         summary, name = summarize_splits(results), "splits.json"
     summary = dict(format_version=runs.RESULTS_FORMAT_VERSION, command=command, **summary)
     write_json(out / name, summary)
+    pages.write_splits_pictures(out, summary, results,
+                                 {key: name for key, (name, _, _) in splits.items()})
     return summary
 
 

@@ -57,6 +57,26 @@ def test_main_job_writes_results_from_real_dicoms(main_job):
         assert 0 <= y0 < y1 <= rows and 0 <= x0 < x1 <= cols
 
 
+def test_main_job_writes_figures_and_its_report_within_15_seconds(main_job):
+    """The figures and report.html of the run: every test bag in the gallery with its two
+    views read from the phantom's DICOMs as thumbnails, in at most 15 s together."""
+    import re
+
+    root, _, _ = main_job
+    run = root / "run"
+    res = json.loads((run / "results.json").read_text())
+    timing = res["timing"]
+    assert timing["figures_seconds"] + timing["report_seconds"] <= 15.0, timing
+    for name in ("roc", "roc-exam", "runs", "curves", "reliability"):
+        assert (run / "figures" / f"{name}.png").is_file() and (run / "figures" /
+                                                                 f"{name}.svg").is_file()
+    page = (run / "report.html").read_text()
+    assert page.count("<div class='bag ") == res["data"]["bags"]["test"]
+    thumbs = re.findall(r"<img alt='([^']*)' src='data:image/jpeg", page)
+    assert len(thumbs) == 2 * res["data"]["bags"]["test"]  # CC and MLO of every test breast
+    assert not re.search(r"\.dcm|/images/", page)  # images named by bag and view, never a path
+
+
 def test_small_phantom_sweep_matches_the_golden_aucs(main_job):
     """Per-run validation and test AUCs as recorded in tests/golden/ (tests/golden/make_golden.py):
     to 1e-6 where the store's embeddings and the CPU target are the golden's; elsewhere the
@@ -151,6 +171,8 @@ def test_ablation_three_heads_compared_and_split_by_lesion_kind(main_job, tmp_pa
     header = next(line for line in printed.splitlines() if line.startswith("| head |"))
     assert "AUC mass (n=" in header  # lesion_kinds of the phantom's manifest
     assert "| global-only |" in printed and (out / "comparison.md").is_file()
+    assert (out / "figures" / "comparison.png").is_file()  # the forest plot, in its report
+    assert "data:image/png" in (out / "report.html").read_text()
     # Each variant's results.json records the cohort it was trained on.
     from milpf_jax.evaluation.runs import recorded_cohort
 

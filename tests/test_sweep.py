@@ -24,7 +24,7 @@ def finished_run(tmp_path_factory):
 def test_results_json_schema_and_honest_selection(finished_run):
     root, res = finished_run
     on_disk = json.loads((root / "run" / "results.json").read_text())
-    assert on_disk["format_version"] == 2 and on_disk["command"] == "sweep test"
+    assert on_disk["format_version"] == 3 and on_disk["command"] == "sweep test"
     assert on_disk["cohort"] is None  # a synthetic store records no cohort spec
     for key in ("config", "store_attrs", "runs", "summary", "best", "timing",
                 "metric_definitions"):
@@ -137,6 +137,8 @@ def test_sweep_cli_flags(tmp_path):
     assert [r["test"]["auc"] for r in summary["splits"]] == aucs
     assert summary["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
     assert summary["summary"]["auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
+    assert (tmp_path / "rep" / "figures" / "folds.png").is_file()
+    assert "split seed 4" in (tmp_path / "rep" / "report.html").read_text()
     test_patients = []
     for s in (0, 4):
         with open(tmp_path / "rep" / f"split-{s}" / "predictions.csv", newline="") as f:
@@ -218,3 +220,27 @@ def test_a_value_a_config_refuses_is_a_usage_error_naming_it(capsys):
         with pytest.raises(SystemExit) as exit_:
             sweep.main(argv)
         assert exit_.value.code == 2 and reason in capsys.readouterr().err
+
+
+def test_history_figures_and_report_beside_the_results(finished_run):
+    """history.npz holds what training recorded (the best epoch's validation AUC is the best
+    one seen), every figure is there, and the report's seconds are in results.json."""
+    from milpf_jax.evaluation.runs import read_history
+
+    root, res = finished_run
+    run = root / "run"
+    history = read_history(run)
+    runs = res["runs"]
+    assert history["loss"].shape == history["val_auc"].shape == history["active"].shape
+    assert history["loss"].shape[0] == len(runs) and history["active"][:, 0].all()
+    for r, entry in enumerate(runs):
+        seen = history["val_auc"][r][history["active"][r]]
+        assert entry["val_auc_during_training"] == pytest.approx(float(seen.max()), abs=1e-6)
+        assert history["val_auc"][r, entry["best_epoch"] - 1] == pytest.approx(seen.max())
+    names = sorted(p.name for p in (run / "figures").iterdir())
+    assert names == sorted(f"{n}.{x}" for n in ("roc", "runs", "curves", "reliability")
+                           for x in ("png", "svg"))
+    timing = json.loads((run / "results.json").read_text())["timing"]
+    assert timing["figures_seconds"] > 0 and timing["report_seconds"] > 0
+    assert "records no cohort" in (run / "report.html").read_text()
+

@@ -176,7 +176,10 @@ def format_comparison(result: dict) -> str:
 
 
 def write_comparison(out_dir, result: dict) -> Path:
-    """OUT/comparison.json and OUT/comparison.md (the table, with the command that made it)."""
+    """OUT/comparison.json, OUT/comparison.md (the table, with the command that made it), and
+    the forest plot OUT/figures/comparison.png with OUT/report.html."""
+    from milpf_jax.evaluation.report import write_comparison_pictures
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "comparison.json", result)
@@ -184,4 +187,5 @@ def write_comparison(out_dir, result: dict) -> Path:
     if result.get("command"):
         text = f"{text}\n\nMade by: `{result['command']}`"
     write_text(out_dir / "comparison.md", text + "\n")
+    write_comparison_pictures(out_dir, result)
     return out_dir

@@ -9,10 +9,11 @@ are read once, each with a 95% patient-bootstrap interval and thresholds fixed o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from milpf_jax.config import check, option
+from milpf_jax.config import check, check_choices, option
 from milpf_jax.data import labels
 from milpf_jax.evaluation import bootstrap, metrics
 from milpf_jax.evaluation.metrics import TABLE_METRICS, Scores, exam_level
@@ -23,8 +24,12 @@ class EvalConfig:
     """How a run's numbers are reported."""
 
     bootstrap: int = option(1000, "bootstrap resamples for the 95% intervals (0: none)")
+    report_images: Literal["none", "thumbnails", "full"] = option(
+        "thumbnails", "mammograms in report.html: none, thumbnails (<= 256 px) or full size "
+                      "(the images are patients': mind where the report goes)")
 
     def __post_init__(self):
+        check_choices(self)
         check(self, self.bootstrap >= 0, "bootstrap", f"{self.bootstrap}; expected >= 0 "
                                                       "(0: no intervals)")
 

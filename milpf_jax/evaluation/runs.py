@@ -6,10 +6,14 @@
     RUN/results.md       the table a person reads, with the command that made it
     RUN/predictions.csv  one row per bag: PREDICTION_COLUMNS, then p_run000, p_run001, ...
     RUN/best/            the best run's head (milpf_jax.learning.checkpoint)
+    RUN/history.npz      per epoch of every run: loss, val_auc, active, each [runs, epochs]
+    RUN/figures/         PNG and SVG (milpf_jax.evaluation.figures); RUN/report.html, one
+                         self-contained page (milpf_jax.evaluation.report)
 
 Format version 2 records the cohort spec (`cohort`) beside the store path, and gives every
 predictions CSV `exam_id` and `laterality` columns; explain, compare, subgroups and evaluate read
 them instead of parsing commands or bag ids. A version-1 folder still reads, without exams.
+Format version 3 adds history.npz (older folders read without it: `read_history` gives None).
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import numpy as np
 
 from milpf_jax.data import labels
 from milpf_jax.evaluation.metrics import Scores
-from milpf_jax.files import write_csv, write_json, write_text
+from milpf_jax.files import atomic_open, write_csv, write_json, write_text
 
-RESULTS_FORMAT_VERSION = 2
+RESULTS_FORMAT_VERSION = 3
+HISTORY_FILE = "history.npz"
+HISTORY_SINCE_VERSION = 3
+HISTORY_KEYS = ("loss", "val_auc", "active")
 PREDICTION_COLUMNS = ("bag_id", "patient_id", "exam_id", "laterality", "split", "raw_label",
                       "label", "p_best")
 # The columns of a CSV of one head's probabilities on bags (an external cohort, new exams).
@@ -113,6 +120,32 @@ def best_dir(run_dir) -> Path:
     """The best head's checkpoint folder of a run folder (or the folder itself, if it is one)."""
     path = Path(run_dir)
     return path / "best" if (path / "best").is_dir() else path
+
+
+def write_history(path, loss, val_auc, active) -> Path:
+    """history.npz: the training loss, validation AUC and `active` (the run had not stopped
+    before the epoch) of every run at every epoch run, each [runs, epochs]."""
+    arrays = dict(loss=np.asarray(loss, np.float32), val_auc=np.asarray(val_auc, np.float32),
+                  active=np.asarray(active, bool))
+    shapes = {k: a.shape for k, a in arrays.items()}
+    if len(set(shapes.values())) != 1 or len(arrays["loss"].shape) != 2:
+        raise ValueError(f"write_history: expected three [runs, epochs] arrays, got {shapes}")
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return Path(path)
+
+
+def read_history(run_dir) -> dict[str, np.ndarray] | None:
+    """history.npz of a run folder as {loss, val_auc, active}; None when it has none (written
+    before results format 3)."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        missing = set(HISTORY_KEYS) - set(f.files)
+        if missing:
+            raise ValueError(f"{path}: no {sorted(missing)} array(s); holds {sorted(f.files)}")
+        return {k: f[k] for k in HISTORY_KEYS}
 
 
 def write_results(out_dir, results: dict, markdown: str) -> None:

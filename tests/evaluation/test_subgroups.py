@@ -85,6 +85,10 @@ def test_cli_writes_subgroups_json(tmp_path, capsys):
     assert [g["value"] for g in out["subgroups"][0]["groups"]] == ["V0", "V1", "V2"]
     assert out["command"].startswith("python experiments/subgroups.py --run")
     assert "Test AUC by `vendor`" in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(run / "figures" / "subgroups-vendor.png") as im:  # one row per vendor
+        assert im.format == "PNG" and im.size[1] > 100
     assert run_cli(cli.main, args + ["--by", "density"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "'density'" in err and "Traceback" not in err
