@@ -131,7 +131,10 @@ def _open_zarr_group(path, mode: str, storage_options: Mapping | None = None):
         raise ValueError(f"store {path}: storage_options are for an fsspec URL (s3://...), "
                          "not a local folder")
     kw = {"storage_options": dict(storage_options)} if storage_options else {}
-    return zarr.open_group(str(path), mode=mode, **kw)
+    try:
+        return zarr.open_group(str(path), mode=mode, **kw)
+    except ImportError as err:  # fsspec names the package of the URL's protocol
+        raise ValueError(f"store {path}: {err} (for s3://: pip install 'milpf-jax[s3]')") from err
 
 
 class Store:
@@ -432,7 +435,7 @@ def existing_store(out, expect: dict, cohort_id: str) -> Store | None:
     import zarr
 
     try:
-        group = zarr.open_group(str(out), mode="r")
+        group = _open_zarr_group(out, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         text = str(out)
         if (

@@ -195,7 +195,11 @@ def submit_extraction(
     Raises:
       StoreMismatch: a store at `out` was made otherwise; checked before anything is submitted.
     """
-    import submitit
+    try:
+        import submitit
+    except ImportError as err:
+        raise ValueError("--submit runs jobs through submitit, which is not installed: "
+                         "pip install 'milpf-jax[slurm]'") from err
 
     poll_s = poll_s if poll_s is not None else (0.5 if sub.submit == "local" else 10.0)
     if sub.submit is None:
