@@ -239,7 +239,9 @@ class Store:
         meta = dict(attrs)
         meta.update(format_version=FORMAT_VERSION, dim=int(dim), chunk_bags=cb,
                     package_version=__version__)
-        g.attrs.update(meta)
+        # One write: zarr's attrs.update writes key by key, and a shard waiting for this plan
+        # that read a part of them would take the store for a foreign one.
+        g.attrs.put(meta)
         g.attrs["planned"] = True  # last: marks a complete plan
         return cls(g, path, storage_options)
 

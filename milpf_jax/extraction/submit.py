@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from milpf_jax.config import check, option
-from milpf_jax.data.store import DONE, FAILED, PENDING, existing_store, is_url
+from milpf_jax.data.store import DONE, FAILED, PENDING, Store, existing_store, is_url
 from milpf_jax.extraction import encoders
 from milpf_jax.extraction.config import ExtractConfig
 from milpf_jax.extraction.extract import cohort_identity, expected_attrs, extract
@@ -154,6 +154,14 @@ class SubmitResult:
         return self.n_bags > 0 and self.pending == 0
 
 
+def _planned(out) -> Store | None:
+    """The store once shard 0's plan is finished (checked against the settings before)."""
+    try:
+        return Store.open(out)
+    except (FileNotFoundError, ValueError):  # not there yet, or its plan is being written
+        return None
+
+
 def _shard_bags(store, shard) -> range:
     return store.shard_range(*shard)
 
@@ -231,7 +239,7 @@ def submit_extraction(
     try:
         while running:
             time.sleep(poll_s)
-            store = store or existing_store(out, expect, cohort_id)
+            store = store or _planned(out)
             if store is not None:
                 status = store.status()
                 if bar.total is None:
@@ -243,6 +251,7 @@ def submit_extraction(
                     continue
                 del running[i]
                 shard = shards[i]
+                store = store or _planned(out)  # planned since the look above, perhaps
                 finished = store is not None and not np.any(
                     store.status()[_shard_bags(store, shard.shard)] == PENDING)
                 if finished:

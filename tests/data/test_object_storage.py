@@ -127,3 +127,13 @@ def test_a_store_still_being_written_is_not_copied(bucket, monkeypatch):
     with pytest.raises(ValueError, match="changed while it was copied"):
         local_copy(url)
     assert not (stores_dir() / "remote").exists() or not list((stores_dir() / "remote").iterdir())
+
+
+def test_no_cache_goes_with_a_store(capsys):
+    from milpf_jax.cli import parse_sweep, sweep_parser
+
+    with pytest.raises(SystemExit) as usage:
+        parse_sweep(sweep_parser(), ["--cohort", "x.csv", "--no-cache"])
+    assert usage.value.code == 2 and "--no-cache: goes with --store" in capsys.readouterr().err
+    _, command, _, _ = parse_sweep(sweep_parser(), ["--store", "s3://b/x.zarr", "--no-cache"])
+    assert command.no_cache and command.store == "s3://b/x.zarr"

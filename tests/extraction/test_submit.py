@@ -44,17 +44,25 @@ def reference(tmp_path, chunk_bags=2):
     return read_arrays(out)
 
 
-def test_submit_local_three_jobs_equal_one_worker(jobs_env, coupled, capsys):
+def job_logs(folder) -> str:
+    """The tail of every job's stderr, for a failure message."""
+    return "\n".join(f"== {p.name}\n" + "\n".join(p.read_text().splitlines()[-6:])
+                     for p in sorted(folder.glob("*_log.err")))
+
+
+def test_submit_local_three_jobs_equal_one_worker(jobs_env, coupled, capsys, caplog):
     one = reference(jobs_env)
     out = jobs_env / "three.zarr"
     cli = load_script("extract")
     argv = ["--cohort", PHANTOM, "--encoder", "standin-proj", "--out", str(out),
             "--batch-size", "8", "--workers", "0", "--device", "cpu", "--chunk-bags", "2",
             "--submit", "local", "--jobs", "3", "--quiet"]
-    assert cli.main(argv) == 0
+    with caplog.at_level(logging.WARNING, logger="milpf_jax.extraction.submit"):
+        assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "bags      6: 6 done, 0 failed, 0 pending" in printed
-    assert f"3 shard(s) run, 3 job(s) in all; logs in {jobs_env}/three.submitit" in printed
+    assert f"3 shard(s) run, 3 job(s) in all; logs in {jobs_env}/three.submitit" in printed, \
+        caplog.text + job_logs(jobs_env / "three.submitit")
     store = Store.open(out)
     assert [store.shard_range(i, 3) for i in range(3)] == [range(0, 2), range(2, 4), range(4, 6)]
     assert_same_store(one, read_arrays(out))
