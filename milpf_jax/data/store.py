@@ -134,7 +134,8 @@ def _open_zarr_group(path, mode: str, storage_options: Mapping | None = None):
     try:
         return zarr.open_group(str(path), mode=mode, **kw)
     except ImportError as err:  # fsspec names the package of the URL's protocol
-        raise ValueError(f"store {path}: {err} (for s3://: pip install 'milpf-jax[s3]')") from err
+        raise ValueError(f"store {path}: {err} (for s3://: the s3 extra, "
+                         "pip install -e '.[s3]')") from err
 
 
 class Store:

@@ -207,7 +207,7 @@ def submit_extraction(
         import submitit
     except ImportError as err:
         raise ValueError("--submit runs jobs through submitit, which is not installed: "
-                         "pip install 'milpf-jax[slurm]'") from err
+                         "install the slurm extra (pip install -e '.[slurm]')") from err
 
     poll_s = poll_s if poll_s is not None else (0.5 if sub.submit == "local" else 10.0)
     if sub.submit is None:

@@ -22,16 +22,21 @@ def free_port() -> int:
 @contextlib.contextmanager
 def s3_server():
     """Yield the endpoint URL of a moto S3 server on 127.0.0.1, stopped afterwards."""
+    import s3fs
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # s3fs keeps one file system per set of arguments, and the endpoint comes from the
+    # environment, not the arguments: one made for an earlier server would call that one.
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
