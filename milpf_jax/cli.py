@@ -206,6 +206,8 @@ class SweepCommand:
     """What a sweep command reads and writes, beside its SweepConfig and ExtractConfig."""
 
     store: str | None = option(None, "an embeddings store (local folder or fsspec URL)")
+    no_cache: bool = option(False, "read a store on object storage directly, without copying it "
+                                   "into the local cache first", switch=True)
     cohort: str | None = option(None, f"manifest CSV, mias:DIR or phantom (default: "
                                        f"{DEFAULT_COHORT})")
     out: str | None = option(None, "run folder (default: runs/<cohort>-<encoder>-<UTC time>)")
@@ -224,7 +226,7 @@ def sweep_parser(description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("data: either --store, or --cohort/--encoder (extract if needed)")
-    add_config_flags(src, SweepCommand, only=("store", "cohort"))
+    add_config_flags(src, SweepCommand, only=("store", "no_cache", "cohort"))
     add_config_flags(src, ExtractConfig)
     add_config_flags(p, SweepCommand, only=("out", "quiet"))
     p.add_argument("--split-seeds", type=_distinct_ints, metavar="S1,S2,...",
@@ -254,6 +256,8 @@ def parse_sweep(parser: argparse.ArgumentParser, argv=None):
     if str(command.cohort or "").startswith("dicoms:"):
         parser.error("--cohort dicoms:DIR is unlabelled (new exams to score): nothing to train "
                      "or test on; score it with experiments/predict.py --dicom-dir DIR")
+    if command.no_cache and not command.store:
+        parser.error("--no-cache: goes with --store (a store on object storage)")
     cfg = config_from_args(SweepConfig, args, parser)
     xcfg = None if command.store else config_from_args(ExtractConfig, args, parser)
     return args, command, cfg, xcfg
@@ -261,8 +265,9 @@ def parse_sweep(parser: argparse.ArgumentParser, argv=None):
 
 def resolve_store(command: SweepCommand, xcfg, *, cache_dir=None) -> tuple[str, str, str]:
     """(store path, cohort name, encoder name): the store given, or the cohort's store for the
-    extraction settings (extracted into the cache if missing)."""
-    from milpf_jax.data.store import Store
+    extraction settings (extracted into the cache if missing). A store on object storage is
+    read from its local copy (`milpf_jax.data.cache.local_copy`, made once) unless no_cache."""
+    from milpf_jax.data.store import Store, is_url
 
     if command.store:
         attrs = Store.open(command.store).attrs
@@ -270,8 +275,12 @@ def resolve_store(command: SweepCommand, xcfg, *, cache_dir=None) -> tuple[str, 
             raise ValueError(f"store {command.store} is unlabelled (label kind 'none': new exams "
                              "to score): nothing to train or test on; score its images with "
                              "experiments/predict.py")
-        return command.store, str(attrs.get("cohort", "store")), str(attrs.get("encoder",
-                                                                               "unknown"))
+        path = command.store
+        if is_url(path) and not command.no_cache:
+            from milpf_jax.data.cache import local_copy
+
+            path = str(local_copy(path, cache_dir=cache_dir))
+        return path, str(attrs.get("cohort", "store")), str(attrs.get("encoder", "unknown"))
     from milpf_jax.extraction.extract import ensure_store
 
     spec = command.cohort or DEFAULT_COHORT

@@ -5,7 +5,7 @@ Each bad input is built for real (DICOMs written with pydicom, PNGs with Pillow,
 `Store.create` or a real extraction with the stand-in encoder of test_extract) and each test
 checks the exact outcome: the exception type and that its message names the file, row, bag or
 setting, or the documented result; and that nothing written before is lost (good bags keep their
-embeddings, failures are listed in `<store>.failures.csv`, a refused store is left unchanged).
+embeddings, failures are listed in `<store>.failures/`, a refused store is left unchanged).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_unusable_image_fails_its_bag_and_is_listed(tmp_path, standin, case):
     store = Store.open(tmp_path / "s.zarr")
     assert store.status().tolist() == [DONE, FAILED]
     assert_good_bag_kept(store, folder)
-    [row] = read_failures(tmp_path / "s.failures.csv")
+    [row] = read_failures(tmp_path / "s.zarr")
     assert (row["bag_id"], row["path"], row["stage"]) == (f"P2/E1/{lat}", str(bad), "plan")
     assert reason in row["reason"]
 
@@ -185,7 +185,7 @@ def test_image_deleted_after_planning_fails_at_encoding(tmp_path, standin):
     store = Store.open(out)
     assert store.status().tolist() == [DONE, FAILED]
     assert_good_bag_kept(store, folder)
-    [row] = read_failures(tmp_path / "s.failures.csv")
+    [row] = read_failures(tmp_path / "s.zarr")
     assert (row["bag_id"], row["path"], row["stage"]) == ("P2/E1/L", str(folder / other), "encode")
     assert row["reason"] == f"[Errno 2] no such image file: '{folder / other}'"
 
@@ -397,7 +397,7 @@ def test_nan_or_inf_embeddings_are_never_stored(tmp_path, standin, monkeypatch):
     assert_good_bag_kept(Store.open(out), folder)
     rest = extract(str(manifest), cfg(chunk_bags=1), out, shard=(1, 2), progress=False)
     assert (rest.done, rest.pending) == (2, 0)  # the rerun finishes it
-    assert not (tmp_path / "e.failures.csv").exists()
+    assert not (tmp_path / "e.failures").exists()
 
 
 def test_nan_or_inf_embeddings_are_refused_when_loaded_and_predicted(tmp_path, head):

@@ -34,7 +34,7 @@ from helpers.standin import extract_cfg, install_standin
 from milpf_jax.data.store import DONE, FAILED, Store, StoreMismatch
 from milpf_jax.extraction.encode import image_locations
 from milpf_jax.extraction.extract import extract
-from milpf_jax.extraction.failures import read_failures
+from milpf_jax.extraction.failures import failure_files, read_failures
 from milpf_jax.reading.dicom_manifest import manifest_from_dicoms
 from milpf_jax.reading.manifest import read_manifest
 from milpf_jax.reading.pseudonym import pseudonym, read_or_create_key
@@ -292,7 +292,7 @@ def test_store_failures_and_run_folder_hold_no_header_value(cohort, tmp_path, mo
                 np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
 
     # Failures name the image by its ref, and their reasons carry no path.
-    failures = {r["path"]: r for r in read_failures(result.failures_csv)}
+    failures = {r["path"]: r for r in read_failures(result.failures)}
     refs = {im.path: im.ref for b in cohort_.bags for im in b.images}
     assert set(failures) == {refs[str(cut)], refs[str(gone)], late_ref}
     assert [failures[r]["stage"] for r in (refs[str(cut)], refs[str(gone)], late_ref)] == [
@@ -311,7 +311,7 @@ def test_store_failures_and_run_folder_hold_no_header_value(cohort, tmp_path, mo
 
     secrets = secrets_of(c) + [key.hex()]
     files = [p for p in [*out.rglob("*"), *run.rglob("*")] if p.is_file()]
-    files.append(Path(result.failures_csv))
+    files += [Path(p) for p in failure_files(out)]
     assert len(files) > 10 and any(p.name == "results.json" for p in files)
     assert scan_bytes(files, secrets) == []
     assert not any(key in p.read_bytes() for p in files)

@@ -117,18 +117,38 @@ def attr_differences(stored: Mapping, expected: Mapping) -> list[tuple[str, obje
     return [(k, have.get(k, "<missing>"), v) for k, v in sorted(want.items()) if have.get(k) != v]
 
 
-def _open_zarr_group(path, mode: str):
+def is_url(path) -> bool:
+    """Whether a store path is an fsspec URL (`s3://`, `gs://`, `file://`, ...), not a folder."""
+    return "://" in str(path)
+
+
+def _open_zarr_group(path, mode: str, storage_options: Mapping | None = None):
+    """zarr's group at a folder or an fsspec URL; `storage_options` go to the URL's file system
+    (s3fs: key, secret, endpoint_url, ...; without them it reads AWS_* from the environment)."""
     import zarr
 
-    return zarr.open_group(str(path), mode=mode)
+    if storage_options and not is_url(path):
+        raise ValueError(f"store {path}: storage_options are for an fsspec URL (s3://...), "
+                         "not a local folder")
+    kw = {"storage_options": dict(storage_options)} if storage_options else {}
+    try:
+        return zarr.open_group(str(path), mode=mode, **kw)
+    except ImportError as err:  # fsspec names the package of the URL's protocol
+        raise ValueError(f"store {path}: {err} (for s3://: the s3 extra, "
+                         "pip install -e '.[s3]')") from err
 
 
 class Store:
-    """A handle on one embeddings store. Create with `Store.create`, reopen with `Store.open`."""
+    """A handle on one embeddings store. Create with `Store.create`, reopen with `Store.open`.
 
-    def __init__(self, group, path):
+    A store path is a local folder or an fsspec URL zarr can open (`s3://bucket/x.zarr`,
+    `gs://...`, `file://...`); `storage_options` (credentials, endpoint) go to its file system.
+    """
+
+    def __init__(self, group, path, storage_options: Mapping | None = None):
         self._g = group
         self.path = str(path)
+        self.storage_options = dict(storage_options or {})
 
     # -- creation (the plan pass) -------------------------------------------------------------
 
@@ -141,6 +161,7 @@ class Store:
         dim: int,
         attrs: Mapping,
         chunk_bags: int = DEFAULT_CHUNK_BAGS,
+        storage_options: Mapping | None = None,
     ) -> Store:
         """Write the store's skeleton: every array, mask, id and box; all bags pending.
 
@@ -164,7 +185,7 @@ class Store:
         vmax = max(1, max(b.n_views for b in bags))
         tmax = max(1, max(b.n_tiles for b in bags))
         cb = int(chunk_bags)
-        g = _open_zarr_group(path, mode="w")
+        g = _open_zarr_group(path, mode="w", storage_options=storage_options)
 
         def array(name, shape, dtype, fill, inner=None):
             kw = {}
@@ -219,12 +240,15 @@ class Store:
         meta = dict(attrs)
         meta.update(format_version=FORMAT_VERSION, dim=int(dim), chunk_bags=cb,
                     package_version=__version__)
-        g.attrs.update(meta)
+        # One write: zarr's attrs.update writes key by key, and a shard waiting for this plan
+        # that read a part of them would take the store for a foreign one.
+        g.attrs.put(meta)
         g.attrs["planned"] = True  # last: marks a complete plan
-        return cls(g, path)
+        return cls(g, path, storage_options)
 
     @classmethod
-    def open(cls, path, *, expect: Mapping | None = None, mode: str = "r") -> Store:
+    def open(cls, path, *, expect: Mapping | None = None, mode: str = "r",
+             storage_options: Mapping | None = None) -> Store:
         """Open an existing store; with `expect`, refuse one made with other settings.
 
         Raises FileNotFoundError if there is no store, ValueError for an unfinished plan or a
@@ -233,7 +257,8 @@ class Store:
         import zarr
 
         try:
-            g = _open_zarr_group(path, mode="r" if mode == "r" else "r+")
+            g = _open_zarr_group(path, mode="r" if mode == "r" else "r+",
+                                 storage_options=storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise FileNotFoundError(f"no embeddings store at {path}") from err
         attrs = dict(g.attrs)
@@ -260,7 +285,7 @@ class Store:
                     f"store {path} was made with other settings:\n{lines}\n"
                     "Use another store path, or delete this one to re-extract."
                 )
-        return cls(g, path)
+        return cls(g, path, storage_options)
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -413,11 +438,11 @@ def existing_store(out, expect: dict, cohort_id: str) -> Store | None:
     import zarr
 
     try:
-        group = zarr.open_group(str(out), mode="r")
+        group = _open_zarr_group(out, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         text = str(out)
         if (
-            "://" not in text
+            not is_url(text)
             and os.path.exists(text)
             and (not os.path.isdir(text) or os.listdir(text))
         ):

@@ -277,10 +277,10 @@ def compare_distributions(new: np.ndarray, val: np.ndarray, thresholds: tuple) -
 
 def _store_failures(store_path, cohort) -> list[dict]:
     """The extraction's failure rows for the bags of `cohort` (plan and encode stages)."""
-    from milpf_jax.extraction.failures import failures_path, read_failures
+    from milpf_jax.extraction.failures import read_failures
 
     wanted = {b.bag_id for b in cohort.bags}
-    return [dict(r) for r in read_failures(failures_path(store_path)) if r["bag_id"] in wanted]
+    return [dict(r) for r in read_failures(store_path) if r["bag_id"] in wanted]
 
 
 def _head_probabilities(head, packed) -> np.ndarray:

@@ -16,12 +16,13 @@ holds the same arrays, bit for bit. What a path already holds (a finished plan, 
 short, something else) is decided by the store's lifecycle (`milpf_jax.data.store`).
 
 Failures: an image that cannot be read fails its bag (status failed) and is listed with the
-reason in `<store>.failures.csv` BESIDE the store (`milpf_jax.extraction.failures`); the run
-goes on unless `strict`. Work-up views (`ExcludedView`) are dropped from their bag and counted;
-a bag left with no view fails.
+reason in this shard's `<store>.failures/shard-<i>-of-<n>.csv` BESIDE the store
+(`milpf_jax.extraction.failures`; read back merged); the run goes on unless `strict`.
+Work-up views (`ExcludedView`) are dropped from their bag and counted; a bag left with no view
+fails.
 
 Pseudonymised cohorts: an image with a manifest `view_ref` is recorded by that ref, never by its
-path, in the store's `view_path`, its attributes and the failures CSV (the path is scrubbed from
+path, in the store's `view_path`, its attributes and the failure lists (the path is scrubbed from
 failure reasons too); the encode pass finds the file again through the cohort.
 
 Example:
@@ -60,7 +61,12 @@ from milpf_jax.data.store import (
 from milpf_jax.extraction import encoders
 from milpf_jax.extraction.config import ExtractConfig, tiling_config
 from milpf_jax.extraction.encode import check_encoder, encode_pending, image_locations
-from milpf_jax.extraction.failures import ExtractionFailed, append_failures, failures_path
+from milpf_jax.extraction.failures import (
+    ExtractionFailed,
+    append_failures,
+    failures_dir,
+    failures_path,
+)
 from milpf_jax.extraction.inputs import PlanJob, ordered
 from milpf_jax.paths import stores_dir
 from milpf_jax.progress import progress_bar
@@ -76,6 +82,7 @@ log = logging.getLogger(__name__)
 class ExtractResult:
     """What one `extract` call found and did.
 
+    failures: the store's failures folder (`read_failures(failures)` merges every shard's list).
     done / failed / pending: bags of the whole store by status after this call (pending bags
     belong to other shards or were not reached). excluded_views: work-up views dropped at plan
     time, by reason. encoded_bags / encoded_rows: bags written and encoder inputs (views + tiles)
@@ -85,7 +92,7 @@ class ExtractResult:
     """
 
     path: str
-    failures_csv: str
+    failures: str
     shard: tuple[int, int]
     n_bags: int
     done: int
@@ -169,9 +176,42 @@ def store_name(cohort: Cohort, cfg: ExtractConfig) -> str:
     return f"{safe}-{cfg.encoder}-{key}.zarr"
 
 
-def shard_from_env(env=None) -> tuple[int, int]:
-    """(RANK, WORLD_SIZE) as set by torchrun; (0, 1) when not launched by it."""
+def slurm_shard(env=None) -> tuple[int, int] | None:
+    """This worker's shard under a SLURM job array; None outside one.
+
+    Array task `SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN` of `SLURM_ARRAY_TASK_COUNT`; under
+    `srun` with several tasks per array task, task `index * SLURM_NTASKS + SLURM_PROCID` of
+    `count * SLURM_NTASKS`. (`--array=0-15%4` runs 16 shards, 4 at a time; a sparse array such
+    as `--array=1,5` is refused: its ids are not 0..count-1 above the minimum.)
+    """
     env = os.environ if env is None else env
+    if not env.get("SLURM_ARRAY_TASK_ID"):
+        return None
+    try:
+        task, low = int(env["SLURM_ARRAY_TASK_ID"]), int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        count = int(env.get("SLURM_ARRAY_TASK_COUNT", "1"))
+        ntasks = int(env.get("SLURM_NTASKS") or "1")
+        procid = int(env.get("SLURM_PROCID") or "0")
+    except ValueError as err:
+        raise ValueError(f"SLURM array variables are not whole numbers: {err}") from None
+    if not 0 <= task - low < count:
+        raise ValueError(
+            f"SLURM array task {task} is not within {low}..{low + count - 1} "
+            f"(SLURM_ARRAY_TASK_MIN={low}, SLURM_ARRAY_TASK_COUNT={count}): use a contiguous "
+            "--array such as 0-15, or give --shard i/n"
+        )
+    if ntasks > 1:
+        return parse_shard(f"{(task - low) * ntasks + procid}/{count * ntasks}")
+    return parse_shard(f"{task - low}/{count}")
+
+
+def shard_from_env(env=None) -> tuple[int, int]:
+    """The shard the environment gives: a SLURM array task (`slurm_shard`), else torchrun's
+    (RANK, WORLD_SIZE), else (0, 1). `--shard` wins over both (`experiments/extract.py`)."""
+    env = os.environ if env is None else env
+    slurm = slurm_shard(env)
+    if slurm is not None:
+        return slurm
     if not env.get("WORLD_SIZE"):
         return 0, 1
     return parse_shard(f"{env.get('RANK', '0')}/{env['WORLD_SIZE']}")
@@ -195,7 +235,7 @@ def _spec(name: str):
 
 def _plan(cohort: Cohort, tiling: TilingConfig, cfg: ExtractConfig, csv_path: Path, progress):
     """Plan every bag. Returns (plans, excluded counts, {bag index: failure reason})."""
-    plans, excluded, failed = [], Counter(), {}
+    plans, excluded, failed, rows = [], Counter(), {}, []
     results = ordered(PlanJob(cohort.bags, tiling), cfg.workers)
     for i, (plan, dropped, failures) in enumerate(
         progress_bar(results, total=len(cohort.bags), desc="plan", unit="bag", disable=not progress)
@@ -203,8 +243,9 @@ def _plan(cohort: Cohort, tiling: TilingConfig, cfg: ExtractConfig, csv_path: Pa
         bag = cohort.bags[i]
         excluded.update(reason for _, reason in dropped)
         if failures:
-            append_failures(csv_path, [(bag.bag_id, p, "plan", r) for p, r in failures])
+            rows += [(bag.bag_id, p, "plan", r) for p, r in failures]
             if cfg.strict:
+                append_failures(csv_path, rows)
                 raise ExtractionFailed(
                     f"--strict: bag {bag.bag_id} failed at planning: {failures[0][0]}: "
                     f"{failures[0][1]} (listed in {csv_path})"
@@ -214,6 +255,8 @@ def _plan(cohort: Cohort, tiling: TilingConfig, cfg: ExtractConfig, csv_path: Pa
                            exam_id=bag.exam_id, laterality=bag.laterality,
                            task_labels=bag.task_labels)
         plans.append(plan)
+    # One write for the whole pass (a killed plan is planned again, failures and all).
+    append_failures(csv_path, rows)
     return plans, dict(excluded), failed
 
 
@@ -239,7 +282,8 @@ def extract(
       cohort: a Cohort, or a spec for `milpf_jax.reading.sources.read_cohort` ("x.csv",
         "mias:DIR", ...).
       cfg: encoder, preprocessing and run settings.
-      out: store path (a local folder, or an fsspec URL zarr can open); None: the cached store
+      out: store path (a local folder, or an fsspec URL zarr can open: `s3://`, `gs://`,
+        `file://`; credentials and endpoint from the environment); None: the cached store
         of these settings, `<cache>/stores/<store_name>` (`milpf_jax.paths`), where later runs
         with the same cohort and settings find it.
       shard: (i, n): encode the bags of `Store.shard_range(i, n)` (whole chunks). Shard 0 plans
@@ -252,7 +296,7 @@ def extract(
     Raises:
       StoreMismatch: the store was made with other settings (each one named, stored vs asked).
       EncoderUnavailable: the encoder's weights are missing; raised before any planning.
-      ExtractionFailed: `cfg.strict` and an image failed (it is in the failures CSV first).
+      ExtractionFailed: `cfg.strict` and an image failed (it is in the failure list first).
     """
     if not isinstance(cohort, Cohort):
         cohort = read_cohort(cohort, cache_dir=cache_dir, progress=progress)
@@ -264,7 +308,7 @@ def extract(
     tiling = tiling_config(cfg, spec.input_size)
     expect = expected_attrs(cohort, cfg, spec)
     cohort_id = cohort_identity(cohort)
-    csv_path = failures_path(out)
+    csv_path = failures_path(out, (index, count))
     encoder, planned, plan_s = None, False, 0.0
     store = existing_store(out, expect, cohort_id)
     if store is None and index != 0:
@@ -305,7 +349,7 @@ def extract(
     status = store.status()
     return ExtractResult(
         path=str(out),
-        failures_csv=str(csv_path),
+        failures=failures_dir(out),
         shard=(index, count),
         n_bags=store.n_bags,
         done=int(np.sum(status == DONE)),
@@ -328,10 +372,10 @@ def ensure_store(cohort_spec, cfg: ExtractConfig, cache_dir=None, *, progress: b
 
     Reused when complete, otherwise planned and/or encoded for its missing bags only. Offline,
     a missing hub model raises EncoderUnavailable before any planning. Bags that failed stay
-    failed (listed in the failures CSV beside the store).
+    failed (listed in the failures folder beside the store).
     """
     result = extract(cohort_spec, cfg, progress=progress, cache_dir=cache_dir)
     if result.failed:
         log.warning("%s: %d of %d bags failed; see %s", result.path, result.failed,
-                    result.n_bags, result.failures_csv)
+                    result.n_bags, result.failures)
     return Path(result.path)

@@ -47,6 +47,7 @@ from milpf_jax.extraction.extract import (
     extract,
     parse_shard,
     shard_from_env,
+    slurm_shard,
     store_name,
     tiling_from_attrs,
 )
@@ -137,17 +138,36 @@ def test_shard_parsing_and_torchrun_env():
     assert shard_from_env({"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
 
 
-def test_failures_csv_appends_new_rows_and_survives_a_cut_line(tmp_path):
-    path = failures_path(tmp_path / "x.zarr")
-    assert path == tmp_path / "x.failures.csv"
+def test_shard_from_a_slurm_array_wins_over_torchrun():
+    array = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "4",
+             "SLURM_ARRAY_TASK_COUNT": "6", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}
+    assert slurm_shard(array) == (3, 6)
+    assert shard_from_env({**array, "RANK": "1", "WORLD_SIZE": "2"}) == (3, 6)
+    # srun with 4 tasks inside array task 3 of 6: global task 3 * 4 + 2 of 24.
+    assert shard_from_env({**array, "SLURM_NTASKS": "4", "SLURM_PROCID": "2"}) == (14, 24)
+    assert slurm_shard({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}) is None  # not an array
+    with pytest.raises(ValueError, match="SLURM array task 11 is not within 4..9"):
+        slurm_shard({**array, "SLURM_ARRAY_TASK_ID": "11"})
+
+
+def test_failure_lists_are_per_shard_and_merged_on_reading(tmp_path):
+    store = tmp_path / "x.zarr"
+    path = failures_path(store, (1, 3))
+    assert path == f"{tmp_path}/x.failures/shard-1-of-3.csv"
+    assert failures_path("s3://b/x.zarr") == "s3://b/x.failures/shard-0-of-1.csv"
+    assert read_failures(store) == []
     append_failures(path, [("B1", "a.png", "plan", "truncated, or corrupt")])
     append_failures(path, [("B1", "a.png", "plan", "truncated, or corrupt")])  # listed already
-    with open(path, "ab") as f:  # a kill in the middle of a write
-        f.write(b"B2,b.png,enc")
-    append_failures(path, [("B3", "c.png", "encode", 'said "no"')])
-    rows = read_failures(path)
-    assert [r["bag_id"] for r in rows] == ["B1", "B3"]
-    assert rows[0]["reason"] == "truncated, or corrupt" and rows[1]["reason"] == 'said "no"'
+    append_failures(failures_path(store, (0, 3)), [("B3", "c.png", "encode", 'said "no"')])
+    (tmp_path / "x.failures" / "notes.txt").write_text("not a list")
+    with open(path, "a") as f:  # a line cut short (written by hand, or an earlier version)
+        f.write("B2,b.png,enc")
+    rows = read_failures(store)
+    assert [r["bag_id"] for r in rows] == ["B3", "B1"]  # shard 0's list first
+    assert rows[0]["reason"] == 'said "no"' and rows[1]["reason"] == "truncated, or corrupt"
+    assert read_failures(tmp_path / "x.failures") == rows
+    assert [r["bag_id"] for r in read_failures(path)] == ["B1"]
+    assert not list((tmp_path / "x.failures").glob(".*"))  # no temporary file left
 
 
 def test_config_validates_and_resolves_tiling(standin):
@@ -297,13 +317,13 @@ def test_failed_and_excluded_images(tmp_path, standin):
     assert status == {"P1/E1/L": DONE, "P1/E1/R": DONE, "P2/E1/L": FAILED, "P2/E1/R": DONE,
                       "P3/E1/L": FAILED}  # fmt: skip
     assert store.read_bag(ids.index("P1/E1/R"))["view_name"] == ["CC"]
-    rows = {(r["bag_id"], Path(r["path"]).name): r for r in read_failures(result.failures_csv)}
+    rows = {(r["bag_id"], Path(r["path"]).name): r for r in read_failures(result.failures)}
     assert set(rows) == {("P2/E1/L", "P2_L_CC.png"), ("P3/E1/L", "P3_L_CC.png")}
     assert "truncated or corrupt" in rows["P2/E1/L", "P2_L_CC.png"]["reason"]
     assert "every view of the bag is excluded" in rows["P3/E1/L", "P3_L_CC.png"]["reason"]
     # A rerun skips failed bags and lists nothing twice.
     again = extract(str(manifest), cfg(), out, progress=False)
-    assert again.encoded_bags == 0 and len(read_failures(result.failures_csv)) == 2
+    assert again.encoded_bags == 0 and len(read_failures(result.failures)) == 2
 
 
 def test_strict_stops_at_the_first_failure(tmp_path, standin):
@@ -313,7 +333,7 @@ def test_strict_stops_at_the_first_failure(tmp_path, standin):
     with pytest.raises(ExtractionFailed, match="P2_L_CC.png"):
         extract(str(manifest), cfg(strict=True), tmp_path / "s.zarr", progress=False)
     assert not (tmp_path / "s.zarr").exists()  # stopped while planning
-    assert [r["bag_id"] for r in read_failures(tmp_path / "s.failures.csv")] == ["P2/E1/L"]
+    assert [r["bag_id"] for r in read_failures(tmp_path / "s.zarr")] == ["P2/E1/L"]
 
 
 def test_image_that_changes_after_planning_fails_at_encoding(tmp_path, standin):
@@ -328,7 +348,7 @@ def test_image_that_changes_after_planning_fails_at_encoding(tmp_path, standin):
     assert Store.open(out).status()[3] == FAILED
     rest = extract(str(manifest), c, out, shard=(1, 2), progress=False)
     assert (rest.done, rest.failed, rest.pending) == (4, 1, 0)
-    [row] = read_failures(first.failures_csv)
+    [row] = read_failures(first.failures)
     assert row["stage"] == "encode" and "differ from the store's plan" in row["reason"]
 
 
