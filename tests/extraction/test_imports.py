@@ -20,6 +20,7 @@ from helpers.repo import load_script
 from milpf_jax.data.imported import imported_encoder
 from milpf_jax.data.packed import load_packed
 from milpf_jax.data.store import Store, StoreMismatch
+from milpf_jax.explanation.explain import load_explainer
 from milpf_jax.extraction.imports import ImportConfig, import_features
 from milpf_jax.learning.checkpoint import read_metadata
 
@@ -85,6 +86,9 @@ def test_milpf_h5_trains_as_the_same_arrays_written_directly(tmp_path, items, mi
     meta = read_metadata(tmp_path / "run-imported" / "best")
     assert imported_encoder(meta["store_attrs"]) == "medsiglip"
     assert imported_encoder(written["store_attrs"]) is None
+    with pytest.raises(ValueError, match=r"trained on imported embeddings \(encoder "
+                                         r"'imported:medsiglip'\)"):
+        load_explainer(tmp_path / "run-imported")
 
 
 def test_h5_per_image_makes_tiles_with_boxes_and_trains_a_local_only_head(tmp_path, items):
