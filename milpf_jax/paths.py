@@ -38,5 +38,7 @@ def run_stamp(when: float | None = None) -> str:
 
 
 def default_run_dir(*name_parts: str) -> Path:
-    """`runs/<part>-<part>-...-<UTC time>`, relative to the working directory."""
-    return Path("runs") / "-".join([*name_parts, run_stamp()])
+    """`runs/<part>-<part>-...-<UTC time>`, relative to the working directory (a colon, as in
+    an imported store's encoder `imported:<name>`, becomes '-': not every file system takes it)."""
+    return Path("runs") / "-".join([*(str(p).replace(":", "-") for p in name_parts),
+                                    run_stamp()])

@@ -26,6 +26,7 @@ import numpy as np
 from milpf_jax import __version__
 from milpf_jax.config import as_dict, check, option, with_leaves
 from milpf_jax.data import labels
+from milpf_jax.data.imported import has_view_embeddings
 from milpf_jax.data.packed import DataConfig, PackedBags, load_packed
 from milpf_jax.data.store import Store
 from milpf_jax.evaluation import figures, metrics, runs, tables
@@ -120,6 +121,17 @@ def environment() -> dict:
                 backend=jax.default_backend(), devices=[d.device_kind for d in jax.devices()])
 
 
+def check_view_embeddings(attrs: dict, cfg: SweepConfig, store=None) -> None:
+    """A store imported without view embeddings trains only heads without a global stream:
+    refused, naming the store and the flag, before anything is loaded or trained."""
+    pool = cfg.train.head.global_pool
+    if not has_view_embeddings(attrs) and pool != "none":
+        raise ValueError(
+            f"store {store or attrs.get('cohort', '')} holds no view embeddings (its import had "
+            f"tile features only), so only --global-pool none heads can train on it; this head "
+            f"has global_pool {pool!r}")
+
+
 def train_grid(packed: PackedBags, cfg: SweepConfig = SweepConfig(), *,
                progress: bool = True) -> SweepResult:
     """Train every run of the grid on packed bags, select on validation, test once, in memory.
@@ -133,6 +145,7 @@ def train_grid(packed: PackedBags, cfg: SweepConfig = SweepConfig(), *,
     from milpf_jax.learning.batches import bag_batch
     from milpf_jax.learning.train import fit, hparam_grid, make_train_data, predict_runs
 
+    check_view_embeddings(packed.info.get("attrs", {}), cfg, packed.info.get("store"))
     head = cfg.train.head.replace(dim=packed.dim).resolved()
     cfg = cfg.replace(train=cfg.train.replace(head=head))
     data = make_train_data(packed, cfg.train)
@@ -285,6 +298,9 @@ def cohort_views(results: dict, bag_ids, images: str) -> tuple[dict[str, list], 
 
 def run_sweep(store, cfg: SweepConfig, out_dir, *, command: str = "", progress: bool = True):
     """Load the store, train the grid, write the run folder; returns results.json's dict."""
+    if not isinstance(store, Store):
+        store = Store.open(store)
+    check_view_embeddings(store.attrs, cfg, store.path)
     t_load = time.perf_counter()
     packed = load_packed(store, **dataclasses.asdict(cfg.data))
     load_seconds = time.perf_counter() - t_load

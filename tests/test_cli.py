@@ -152,6 +152,9 @@ OTHER_USAGE = {
                         ["--overlap"]),
     "compare-one-run": ("compare", ["onlyone"], ["two run folders"]),
     "phantom-n-patients": ("phantom", ["--out", "O", "--n-patients", "0"], ["--n-patients"]),
+    "import-features-bags": ("import_features", ["--format", "milpf-h5", "--h5", "e.hdf5",
+                                                 "--encoder-name", "x", "--out", "O"],
+                             ["--bags"]),
 }
 
 
@@ -190,6 +193,11 @@ def user_error_cases(t: Path) -> dict[str, tuple[str, list[str], str]]:
         "manifest-dicom-dir": ("manifest", ["--dicom-dir", str(t / "nodir"), "--labels",
                                             str(t / "no.csv"), "--out", str(t / "m.csv")],
                                str(t / "nodir")),
+        "import-features-h5": ("import_features", ["--format", "milpf-h5", "--h5",
+                                                   str(t / "no.hdf5"), "--bags",
+                                                   str(t / "bags.csv"), "--encoder-name", "x",
+                                                   "--out", str(t / "o.zarr")],
+                               str(t / "no.hdf5")),
     }
 
 

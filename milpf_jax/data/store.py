@@ -18,8 +18,10 @@ Schema (DESIGN.md, "Embeddings store"), format version 2, bag axis first:
 Attributes: format_version, label_kind, tasks ([[task, label kind], ...] when named), encoder,
 model_id, dim, preprocessing, cohort (its name)
 and cohort_spec (the spec that reads the cohort again, `milpf_jax.reading.sources`), chunk_bags,
-batch_size, package_version. A version-1 store (no exam_id, laterality) is refused with the
-command that upgrades it in place: `python -m milpf_jax.data.upgrade STORE`.
+batch_size, package_version; view_embeddings (False for a store imported without view
+embeddings, `Store.from_arrays`: `global` is then zeros; absent means True). A version-1 store
+(no exam_id, laterality) is refused with the command that upgrades it in place:
+`python -m milpf_jax.data.upgrade STORE`.
 
 A plan pass (`Store.create`) fixes every shape, id, view, box and mask before any encoding;
 encoding workers then fill embeddings with `write_bag`, which writes `status` last. The bag axis
@@ -247,6 +249,45 @@ class Store:
         return cls(g, path, storage_options)
 
     @classmethod
+    def from_arrays(
+        cls,
+        path,
+        bags: Sequence[BagPlan],
+        tile_embs: Sequence[np.ndarray],
+        global_embs: Sequence[np.ndarray] | None = None,
+        *,
+        attrs: Mapping,
+        chunk_bags: int = DEFAULT_CHUNK_BAGS,
+    ) -> Store:
+        """A finished store from embeddings you already hold ("bring your own embeddings").
+
+        bags: one BagPlan per bag (ids, labels, views, tile boxes); tile_embs: per bag [T, D]
+        (T = its plan's tiles, may be 0); global_embs: per bag [V, D] (V = its plan's views), or
+        None when there are none: the store then records `view_embeddings = False` and only
+        heads without a global stream (`--global-pool none`) train on it. `attrs` must hold
+        `label_kind`; D is taken from the arrays. Written a chunk of bags at a time (one write
+        per array and chunk, `status` last), checked like `write_bag`.
+
+            store = Store.from_arrays("mine.zarr", plans, tiles, views,
+                                      attrs=dict(label_kind="birads", encoder="mine"))
+        """
+        if len(tile_embs) != len(bags) or (global_embs is not None
+                                           and len(global_embs) != len(bags)):
+            raise ValueError(f"store {path}: {len(bags)} bags but {len(tile_embs)} tile arrays"
+                             + ("" if global_embs is None else f", {len(global_embs)} view "
+                                "arrays"))
+        dims = {np.shape(a)[-1] for a in [*tile_embs, *(global_embs or ())] if np.size(a)}
+        if len(dims) != 1:
+            raise ValueError(f"store {path}: the embeddings have dimensions {sorted(dims)}; "
+                             "expected one D" if dims else f"store {path}: no embeddings at all")
+        meta = dict(attrs, view_embeddings=global_embs is not None)
+        store = cls.create(path, bags, dim=dims.pop(), attrs=meta, chunk_bags=chunk_bags)
+        for c0 in range(0, len(bags), store.chunk_bags):
+            sel = slice(c0, min(len(bags), c0 + store.chunk_bags))
+            store.write_bags(c0, tile_embs[sel], None if global_embs is None else global_embs[sel])
+        return store
+
+    @classmethod
     def open(cls, path, *, expect: Mapping | None = None, mode: str = "r",
              storage_options: Mapping | None = None) -> Store:
         """Open an existing store; with `expect`, refuse one made with other settings.
@@ -394,8 +435,45 @@ class Store:
         self._g["tiles"][b] = tpad
         self._g["status"][b] = DONE
 
+    def write_bags(self, start: int, tile_embs: Sequence[np.ndarray],
+                   global_embs: Sequence[np.ndarray] | None) -> None:
+        """Store bags start, start + 1, ... at once (one write per array; status last), with
+        `write_bag`'s checks; None for global_embs leaves the views' embeddings unwritten
+        (zeros: a store whose `view_embeddings` attribute is False). Nothing is written when a
+        bag is refused."""
+        stop = start + len(tile_embs)
+        ids = self._g["bag_id"][start:stop]
+        n_views = self._g["global_mask"][start:stop].sum(axis=1)
+        n_tiles = self._g["tiles_mask"][start:stop].sum(axis=1)
+        gpad = np.zeros((len(tile_embs), *self._g["global"].shape[1:]), np.float16)
+        tpad = np.zeros((len(tile_embs), *self._g["tiles"].shape[1:]), np.float16)
+        for k, tiles in enumerate(tile_embs):
+            tiles = np.asarray(tiles).reshape(-1, self.dim) if np.size(tiles) == 0 else tiles
+            tpad[k, :n_tiles[k]] = _checked(str(ids[k]), "tile", tiles, int(n_tiles[k]), self.dim)
+            if global_embs is not None:
+                gpad[k, :n_views[k]] = _checked(str(ids[k]), "global", global_embs[k],
+                                                int(n_views[k]), self.dim)
+        if global_embs is not None:
+            self._g["global"][start:stop] = gpad
+        self._g["tiles"][start:stop] = tpad
+        self._g["status"][start:stop] = DONE
+
     def mark_failed(self, b: int) -> None:
         self._g["status"][b] = FAILED
+
+
+def _checked(bag_id: str, what: str, arr, rows: int, dim: int) -> np.ndarray:
+    """`arr` as a [rows, dim] array of finite values float16 can hold, else ValueError naming
+    the bag (the checks of `Store.write_bag`)."""
+    arr = np.asarray(arr)
+    if arr.shape != (rows, dim):
+        raise ValueError(f"bag {bag_id}: {what} embeddings have shape {arr.shape}, the plan "
+                         f"expects {(rows, dim)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"bag {bag_id}: {what} embeddings hold NaN or inf")
+    if np.abs(arr).max(initial=0) > np.finfo(np.float16).max:
+        raise ValueError(f"bag {bag_id}: {what} embeddings overflow float16")
+    return arr
 
 
 # -- lifecycle: a store found, planned again, or waited for --------------------------------

@@ -280,12 +280,18 @@ def load_explainer(
       device: torch device or "auto". precision: the encoder's; None = the store's.
       batch_size: encoder inputs per forward pass; None = the store's.
     """
+    from milpf_jax.data.imported import imported_encoder
     from milpf_jax.extraction import encoders
     from milpf_jax.extraction.extract import tiling_from_attrs
     from milpf_jax.learning.checkpoint import load_head
     from milpf_jax.reading.imaging import READER_VERSION
 
     attrs = _run_store_attrs(run_dir)
+    if imported_encoder(attrs) is not None:
+        raise ValueError(
+            f"{run_dir} was trained on imported embeddings (encoder {attrs['encoder']!r}): there "
+            "is no encoder to tile and encode its images again, so explain needs a run on a "
+            "store this package extracted")
     tiling, reader_version = tiling_from_attrs(attrs["preprocessing"])
     tiling = dataclasses.replace(tiling, overlap=float(overlap))
     if reader_version != READER_VERSION:

@@ -154,7 +154,9 @@ def load_scoring_run(run_dir) -> ScoringRun:
     meta = read_metadata(best)
     attrs = meta.get("store_attrs") or results.get("store_attrs") or {}
     encoder = str(attrs.get("encoder", ""))
-    if encoder.startswith("imported:") or not encoder or "preprocessing" not in attrs:
+    from milpf_jax.data.imported import imported_encoder
+
+    if imported_encoder(attrs) is not None or not encoder or "preprocessing" not in attrs:
         raise ValueError(
             f"{run_dir} was trained on a store of imported features (encoder "
             f"{encoder or 'not recorded'!r}): there is no encoder or tiling to re-run on new "

@@ -151,3 +151,35 @@ def test_a_store_of_several_tasks_loads_the_one_asked_for(tmp_path, plans):
     assert load_packed(single, task="birads").info["task"] == "birads"
     with pytest.raises(ValueError, match="one raw label per task"):
         Store.create(tmp_path / "bad.zarr", make_plans(), dim=6, attrs=attrs)
+
+
+def test_from_arrays_writes_what_write_bag_writes_a_chunk_at_a_time(tmp_path, plans):
+    embs = [embeddings_for(p, 8, seed=i) for i, p in enumerate(plans)]
+    one_by_one = Store.create(tmp_path / "a.zarr", plans, dim=8, attrs=dict(label_kind="birads"),
+                              chunk_bags=4)
+    for b, (views, tiles) in enumerate(embs):
+        one_by_one.write_bag(b, views, tiles)
+    at_once = Store.from_arrays(tmp_path / "b.zarr", plans, [t for _, t in embs],
+                                [v for v, _ in embs], attrs=dict(label_kind="birads"),
+                                chunk_bags=4)
+    assert at_once.attrs["view_embeddings"] is True and at_once.dim == 8
+    for name in ("global", "tiles", "status", "tile_boxes", "bag_id"):
+        np.testing.assert_array_equal(at_once.array(name), one_by_one.array(name), name)
+    no_views = Store.from_arrays(tmp_path / "c.zarr", plans, [t for _, t in embs], None,
+                                 attrs=dict(label_kind="birads"))
+    assert no_views.attrs["view_embeddings"] is False and not no_views.array("global").any()
+    np.testing.assert_array_equal(no_views.array("tiles"), one_by_one.array("tiles"))
+
+
+def test_from_arrays_refuses_mixed_dimensions_and_bad_bags(tmp_path, plans):
+    embs = [embeddings_for(p, 8, seed=i) for i, p in enumerate(plans)]
+    tiles = [t for _, t in embs]
+    views = [v for v, _ in embs]
+    with pytest.raises(ValueError, match=r"dimensions \[6, 8\]"):
+        Store.from_arrays(tmp_path / "d.zarr", plans, tiles, [*views[:-1], views[-1][:, :6]],
+                          attrs=dict(label_kind="birads"))
+    tiles[4] = tiles[4].copy()
+    tiles[4][0, 0] = np.nan
+    with pytest.raises(ValueError, match="bag B004: tile embeddings hold NaN"):
+        Store.from_arrays(tmp_path / "e.zarr", plans, tiles, views,
+                          attrs=dict(label_kind="birads"))
