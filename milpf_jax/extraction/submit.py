@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -203,6 +204,10 @@ def submit_extraction(
     Raises:
       StoreMismatch: a store at `out` was made otherwise; checked before anything is submitted.
     """
+    # submitit configures logging when first imported (logging.config.dictConfig), which shuts
+    # down every handler already installed, absl's among them (orbax brings it), closing the
+    # stream that handler writes to; unless the user chose otherwise, leave logging to us.
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
     try:
         import submitit
     except ImportError as err:
