@@ -14,10 +14,20 @@ from milpf_jax.cli import config_from_args
 
 
 def _section_commands(title: str) -> list[str]:
-    text = (REPO / "README.md").read_text()
-    start = text.index(f"## {title}\n")
-    end = text.index("\n## ", start + 1)
-    blocks = re.findall(r"```bash\n(.*?)```", text[start:end], flags=re.S)
+    """The `python experiments/...` lines of the README section `title`: to the next heading of
+    its level or above (a `#` line inside a code block is a comment, not a heading)."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    fenced, level, section = False, None, []
+    for line in lines:
+        fenced ^= line.startswith("```")
+        depth = len(line) - len(line.lstrip("#")) if line.startswith("#") and not fenced else 0
+        if level is None:
+            level = depth if depth and line[depth:].strip() == title else None
+        elif depth and depth <= level:
+            break
+        else:
+            section.append(line)
+    blocks = re.findall(r"```bash\n(.*?)```", "\n".join(section) + "\n", flags=re.S)
     return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()
             if line.startswith("python experiments/")]
 
