@@ -11,6 +11,7 @@ loads torch or JAX):
     head = load_head("runs/x/best")
     p = predict(head, Bag(views, views_mask, tiles, tiles_mask))
     explanation = explain_bag(load_explainer("runs/x"), cohort.bags[0])
+    scored = predict_images("runs/x", "new-exams/")    # new DICOMs: breast and exam scores
 
 The sub-packages follow the data flow, each importing only those below it: reading,
 extraction, data, learning, evaluation, explanation (and synthetic for the phantom); the README's
@@ -55,6 +56,7 @@ _EXPORTS = {
     "ExplainConfig": "milpf_jax.explanation.explain",
     "load_explainer": "milpf_jax.explanation.explain",
     "explain_bag": "milpf_jax.explanation.explain",
+    "predict_images": "milpf_jax.explanation.predict",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -37,7 +37,7 @@ def run_fresh(code: str) -> dict:
 
 def test_all_is_the_export_table():
     assert milpf_jax.__all__ == sorted(milpf_jax._EXPORTS)
-    assert len(milpf_jax.__all__) == len(set(milpf_jax.__all__)) == 29
+    assert len(milpf_jax.__all__) == len(set(milpf_jax.__all__)) == 30
     assert set(milpf_jax.__all__) <= set(dir(milpf_jax))
 
 
