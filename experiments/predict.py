@@ -30,9 +30,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from milpf_jax.cli import add_config_flags, config_from_args, run
-from milpf_jax.config import check, option
+from milpf_jax.config import check, check_choices, option
 from milpf_jax.extraction.config import ExtractConfig
 from milpf_jax.paths import run_stamp
 
@@ -45,19 +46,29 @@ class PredictCommand:
     cohort: str | None = option(None, "a cohort spec to score instead: a manifest CSV, "
                                       "phantom, mias:DIR, ...")
     out: str | None = option(None, "output folder; default RUN/predict/<input name>-<UTC time>")
+    maps: Literal["store", "retile"] = option(
+        "store", "attention maps from the tiles in the store (store: nothing encoded again) or "
+                 "from the views re-tiled at 75% overlap and encoded again (retile: the paper's)")
+    dicom_out: bool = option(False, "also write OUT/dicom/<exam>/: a Secondary Capture and a "
+                                    "Segmentation per view, one SR per exam")
+    copy_identity: bool = option(False, "copy patient name, birth date, sex, accession number "
+                                        "and referring physician into the DICOM outputs")
     thresholds_from: str | None = option(
         None, "flag at other thresholds: a results.json, or a JSON with threshold, "
               "threshold_sens90 (and exam_threshold, exam_threshold_sens90)", metavar="FILE")
     quiet: bool = option(False, "no progress bars")
 
     def __post_init__(self):
+        check_choices(self)
         check(self, (self.dicom_dir is None) != (self.cohort is None), ("dicom_dir", "cohort"),
               "give exactly one of --dicom-dir and --cohort")
+        check(self, self.dicom_out or not self.copy_identity, "copy_identity",
+              "goes with --dicom-out")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_flags(p, PredictCommand, switches=("quiet",))
+    add_config_flags(p, PredictCommand, switches=("quiet", "dicom_out", "copy_identity"))
     add_config_flags(p, ExtractConfig, only=("model_dir", "workers", "device"),
                      help=dict(device="torch device for the encoder, or auto"))
     return p
@@ -72,9 +83,11 @@ def default_out(opts: PredictCommand) -> Path:
 def main(argv=None) -> int:
     from milpf_jax.explanation.predict import (
         NoUsableImages,
+        explain_scored,
         format_summary,
         predict_images,
         read_thresholds,
+        write_maps,
         write_predictions,
     )
     from milpf_jax.files import write_dict_csv
@@ -97,6 +110,14 @@ def main(argv=None) -> int:
         raise ValueError(f"{err} (every file and its reason: {out / 'failures.csv'})") from None
     paths = write_predictions(out, result)
     print(format_summary(result.summary))
+    explained = explain_scored(opts.run, result, result.cohort, maps=opts.maps,
+                               progress=not opts.quiet, **{k: v for k, v in settings.items()
+                                                           if k == "device"})
+    drawn = write_maps(out, result, explained, dicom_out=opts.dicom_out,
+                       copy_identity=opts.copy_identity)
+    print(f"maps ({opts.maps}): {drawn['overlays']} overlays in {out / 'overlays'}"
+          + (f"; {len(drawn['dicom'])} DICOM objects in {out / 'dicom'} (index.csv lists them)"
+             if opts.dicom_out else ""))
     for bag in result.summary["unscored_breasts"][:10]:
         reasons = sorted({f["reason"] for f in result.failures if f["bag_id"] == bag})
         print(f"  no score for {bag}: {'; '.join(reasons) or 'every view failed'}")

@@ -230,6 +230,7 @@ class Predictions:
     store: str
     summary: dict = field(default_factory=dict)
     packed: object = None  # the PackedBags scored (maps need their tiles), not written
+    cohort: object = None  # the Cohort read (its bags' files), not written
 
 
 def _flag(p: float, threshold: float | None):
@@ -365,7 +366,7 @@ def predict_images(run, paths_or_manifest, *, thresholds: Thresholds | None = No
                   if scoring.val_exam_p is not None else None)),
     )  # fmt: skip
     return Predictions(breasts=breasts, exams=exams, failures=failures, store=str(result.path),
-                       summary=summary, packed=packed)
+                       summary=summary, packed=packed, cohort=cohort)
 
 
 def _task_held(store_path, task: str | None) -> str | None:
@@ -434,3 +435,104 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  flagged at {name} threshold {f['threshold']:.4f}: "
                          f"{100 * f['new']:.1f}% new vs {100 * f['validation']:.1f}% validation")
     return "\n".join(lines)
+
+
+# --- maps, overlays and DICOM objects ---------------------------------------------------------
+
+MAPS_MODES = ("store", "retile")
+
+
+def explain_scored(run_dir, result: Predictions, cohort, *, maps: str = "store",
+                   device: str = "auto", progress: bool = False) -> dict:
+    """bag_id -> BagExplanation (maps, boxes and display pixels in each file's frame) of every
+    scored breast: from the tiles already in the store (`store`, no encoder) or re-tiled with
+    75% overlap and encoded again (`retile`, the paper's maps)."""
+    from milpf_jax.progress import progress_bar
+
+    if maps not in MAPS_MODES:
+        raise ValueError(f"maps {maps!r}: expected one of {', '.join(MAPS_MODES)}")
+    bags = {b.bag_id: b for b in cohort.bags}
+    scored = [row["bag_id"] for row in result.breasts]
+    if maps == "store":
+        from milpf_jax.explanation.stored import explain_stored
+
+        return explain_stored(run_dir, result.store, [bags[b] for b in scored],
+                              progress=progress)
+    from milpf_jax.explanation.explain import explain_bag, load_explainer
+
+    explainer = load_explainer(run_dir, device=device)
+    return {b: explain_bag(explainer, bags[b], keep_pixels=True)
+            for b in progress_bar(scored, desc="maps", unit="bag", disable=not progress)}
+
+
+def _safe(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def _caption(image, breast: dict, laterality: str, view: str):
+    """The picture with a band on top: side, view, the breast's probability and flags, and
+    that this is a research result."""
+    from PIL import Image, ImageDraw
+
+    from milpf_jax.explanation.overlays import _font
+
+    width = image.width
+    size = max(12, round(width / 40))
+    band = Image.new("RGB", (width, round(size * 3.2)), (0, 0, 0))
+    draw = ImageDraw.Draw(band)
+    flags = ", ".join(name.removeprefix("flag_") for name in ("flag_bacc", "flag_sens90")
+                      if breast.get(name) == 1) or "none"
+    draw.text((size // 2, size // 4), f"{laterality}{view}   p = {breast['p']:.3f}   "
+              f"flagged at: {flags}", fill=(255, 255, 255), font=_font(size))
+    draw.text((size // 2, round(size * 1.7)), "milpf-jax research result, not for diagnosis",
+              fill=(255, 200, 0), font=_font(round(size * 0.8)))
+    out = Image.new("RGB", (width, image.height + band.height))
+    out.paste(band, (0, 0))
+    out.paste(image, (0, band.height))
+    return out
+
+
+def write_maps(out_dir, result: Predictions, explained: dict, *, dicom_out: bool = False,
+               copy_identity: bool = False) -> dict:
+    """OUT/overlays/<bag>_<view>.png for every scored breast and, with `dicom_out`, per exam
+    OUT/dicom/<exam>/ (`milpf_jax.explanation.dicom_out.write_exam`) with OUT/dicom/index.csv.
+    Returns {"overlays": n, "dicom": [index rows]}."""
+    from milpf_jax.explanation import dicom_out as dout
+    from milpf_jax.explanation.overlays import overlay_image
+    from milpf_jax.files import temporary_path, write_dict_csv
+
+    out = Path(out_dir)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    by_exam: dict[str, list] = {}
+    n = 0
+    for row in result.breasts:
+        bag = explained[row["bag_id"]]
+        peak = bag.peak
+        views = []
+        for v in bag.views:
+            name = f"{v.view or 'view'}"
+            image = overlay_image(v.pixels, v.attention, reference=peak, predicted=v.boxes,
+                                  scores=v.scores)
+            path = out / "overlays" / f"{_safe(row['bag_id'])}_{_safe(name)}.png"
+            tmp = temporary_path(path)
+            image.save(tmp, format="PNG")
+            tmp.replace(path)
+            n += 1
+            picture = np.asarray(_caption(image, row, row["laterality"], v.view))
+            views.append(dout.ViewResult(
+                path=v.path, name=f"{row['laterality']}{v.view}", view=v.view,
+                laterality=row["laterality"], flipped=bool(v.flipped),
+                attention=(v.attention / peak) if peak > 0 else v.attention,
+                boxes=v.boxes, scores=v.scores, picture=picture))
+        by_exam.setdefault(row["exam_id"], []).append(dout.BreastResult(
+            bag_id=row["bag_id"], laterality=row["laterality"], probability=row["p"],
+            flags={k: row[k] for k in ("flag_bacc", "flag_sens90")}, views=views))
+    index = []
+    if dicom_out:
+        for exam, breasts in sorted(by_exam.items()):
+            index += dout.write_exam(out / "dicom" / _safe(exam), exam, breasts,
+                                     copy_identity=copy_identity)
+        write_dict_csv(out / "dicom" / "index.csv", dout.INDEX_COLUMNS, index)
+    return {"overlays": n, "dicom": index}

@@ -244,3 +244,59 @@ def test_distribution_comparison_sees_a_shift():
     assert shifted["flagged"]["bacc"]["new"] == pytest.approx(
         np.mean(rng.uniform(0.3, 1, 100000) >= 0.5), abs=0.06)
     assert same["new"]["quantiles"]["0.5"] == pytest.approx(0.5, abs=0.08)
+
+
+def _two_exams(run: Path, folder: Path) -> list[Path]:
+    """The DICOMs of the first two test exams, copied into `folder`."""
+    owner = _test_dicoms(run, folder / "all")
+    exams = sorted({bag.rsplit("/", 1)[0] for bag in owner.values()})[:2]
+    folder.mkdir(exist_ok=True)
+    kept = []
+    for name, bag in owner.items():
+        if bag.rsplit("/", 1)[0] in exams:
+            kept.append(Path(shutil.copy(folder / "all" / name, folder / name)))
+    shutil.rmtree(folder / "all")
+    return kept
+
+
+@pytest.mark.parametrize("maps", ["retile"])
+def test_dicom_out_gives_each_exam_its_objects(run, tmp_path, maps):
+    import highdicom as hd
+
+    files = _two_exams(run, tmp_path / "in")
+    out = tmp_path / "out"
+    predict = load_script("predict")
+    assert predict.main(["--run", str(run / "run"), "--dicom-dir", str(tmp_path / "in"),
+                         "--out", str(out), "--maps", maps, "--dicom-out", "--quiet",
+                         "--workers", "0", "--device", "cpu"]) == 0  # fmt: skip
+    breasts = read_csv(out / "predictions.csv")
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in files}
+    index = read_csv(out / "dicom" / "index.csv")
+    assert len({r["exam_id"] for r in index}) == 2
+    assert sum(r["kind"] == "secondary capture" for r in index) == len(files)
+    assert sum(r["kind"] == "segmentation" for r in index) == len(files)
+    assert sum(r["kind"] == "structured report" for r in index) == 2
+    assert len(list((out / "overlays").glob("*.png"))) == len(files)
+    for row in index:
+        ds = pydicom.dcmread(out / "dicom" / _folder(row["exam_id"]) / row["file"])
+        assert ds.StudyInstanceUID == row["exam_id"]
+        if row["kind"] == "segmentation":
+            source = pydicom.dcmread(sources[row["source_sop_instance_uid"]],
+                                     stop_before_pixels=True)
+            assert (ds.Rows, ds.Columns) == (source.Rows, source.Columns)
+        if row["kind"] == "structured report":
+            sr = hd.sr.srread(out / "dicom" / _folder(row["exam_id"]) / row["file"])
+            regions = sr.content.get_planar_roi_measurement_groups()
+            for group in regions:
+                ref = group.roi.ContentSequence[0].ReferencedSOPSequence[0]
+                assert ref.ReferencedSOPInstanceUID in sources
+            scores = sorted(m.value for g in sr.content.get_image_measurement_groups()
+                            for m in g.get_measurements())
+            mine = sorted(float(b["p"]) for b in breasts if b["exam_id"] == row["exam_id"])
+            assert scores == pytest.approx(mine, abs=1e-6)
+
+
+def _folder(exam_id: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", exam_id).strip("_")
