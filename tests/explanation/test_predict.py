@@ -259,7 +259,7 @@ def _two_exams(run: Path, folder: Path) -> list[Path]:
     return kept
 
 
-@pytest.mark.parametrize("maps", ["retile"])
+@pytest.mark.parametrize("maps", ["store", "retile"])
 def test_dicom_out_gives_each_exam_its_objects(run, tmp_path, maps):
     import highdicom as hd
 
@@ -300,3 +300,31 @@ def _folder(exam_id: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]+", "_", exam_id).strip("_")
+
+
+def test_store_maps_are_the_heads_attention_on_the_stored_tiles(run):
+    """--maps store: the probability of the map is the breast's p (the same stored tiles through
+    the same head), each view's map is the mean of the covering tiles' attention, and a tile's
+    weight sits where its stored box says, on the file's own grid."""
+    from milpf_jax.data.store import Store
+    from milpf_jax.explanation.maps import attention_map
+    from milpf_jax.explanation.predict import explain_scored
+
+    result = predict_images(run / "run", SPEC, cache_dir=run / "cache", workers=0)
+    explained = explain_scored(run / "run", result, result.cohort, maps="store")
+    store = Store.open(result.store)
+    for k, row in enumerate(result.breasts[:6]):
+        bag = explained[row["bag_id"]]
+        assert bag.probability == pytest.approx(row["p"], abs=1e-6)
+        assert sum(len(v.weights) for v in bag.views) == int(np.sum(result.packed.tile_bag == k))
+        i = int(result.packed.store_index[k])
+        for j, view in enumerate(bag.views):
+            rows, cols = (int(x) for x in store.array("view_shape")[i, j])
+            assert view.attention.shape == (rows, cols) == view.pixels.shape
+            assert np.allclose(view.attention,
+                               attention_map((rows, cols), view.tile_boxes, view.weights))
+            top = view.tile_boxes[int(np.argmax(view.weights))]
+            y0, x0, y1, x1 = (int(c) for c in top)
+            assert view.attention[y0:y1, x0:x1].max() > 0
+        total = sum(float(v.weights.sum()) for v in bag.views)
+        assert total == pytest.approx(1.0, abs=1e-5)  # softmax over the bag's tiles
