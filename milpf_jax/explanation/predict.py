@@ -545,7 +545,7 @@ def _caption(image, breast: dict, laterality: str, view: str):
 
 def write_maps(out_dir, result: Predictions, explained: dict, *, dicom_out: bool = False,
                copy_identity: bool = False) -> dict:
-    """OUT/overlays/<bag>_<view>.png for every scored breast and, with `dicom_out`, per exam
+    """OUT/overlays/<exam>/<side><view>.png for every scored view and, with `dicom_out`, per exam
     OUT/dicom/<exam>/ (`milpf_jax.explanation.dicom_out.write_exam`) with OUT/dicom/index.csv.
     Returns {"overlays": n, "dicom": [index rows]}."""
     from milpf_jax.explanation import dicom_out as dout
@@ -564,7 +564,8 @@ def write_maps(out_dir, result: Predictions, explained: dict, *, dicom_out: bool
             name = f"{v.view or 'view'}"
             image = overlay_image(v.pixels, v.attention, reference=peak, predicted=v.boxes,
                                   scores=v.scores)
-            path = out / "overlays" / f"{_safe(row['bag_id'])}_{_safe(name)}.png"
+            path = out / "overlays" / _safe(row["exam_id"]) / f"{row['laterality']}{_safe(name)}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = temporary_path(path)
             image.save(tmp, format="PNG")
             tmp.replace(path)

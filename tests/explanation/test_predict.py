@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from helpers.repo import load_script
+from helpers.repo import MIAS_DIR, load_script, needs_mias
 from helpers.runs import train_standin_run
 from milpf_jax.explanation.predict import (
     BREAST_COLUMNS,
@@ -276,7 +276,7 @@ def test_dicom_out_gives_each_exam_its_objects(run, tmp_path, maps):
     assert sum(r["kind"] == "secondary capture" for r in index) == len(files)
     assert sum(r["kind"] == "segmentation" for r in index) == len(files)
     assert sum(r["kind"] == "structured report" for r in index) == 2
-    assert len(list((out / "overlays").glob("*.png"))) == len(files)
+    assert len(list((out / "overlays").glob("*/*.png"))) == len(files)
     for row in index:
         ds = pydicom.dcmread(out / "dicom" / _folder(row["exam_id"]) / row["file"])
         assert ds.StudyInstanceUID == row["exam_id"]
@@ -328,3 +328,22 @@ def test_store_maps_are_the_heads_attention_on_the_stored_tiles(run):
             assert view.attention[y0:y1, x0:x1].max() > 0
         total = sum(float(v.weights.sum()) for v in bag.views)
         assert total == pytest.approx(1.0, abs=1e-5)  # softmax over the bag's tiles
+
+
+@needs_mias
+def test_the_docs_example_command_runs_on_a_real_mini_mias_image(run, tmp_path):
+    """experiments/predict_example.py, as the README gives it, on a stand-in run: the image
+    becomes an MG DICOM, is scored, and its Secondary Capture lands as a small PNG."""
+    from PIL import Image
+
+    example = load_script("predict_example")
+    out = tmp_path / "docs"
+    assert example.main(["--run", str(run / "run"), "--mias-dir", str(MIAS_DIR), "--out",
+                         str(out)]) == 0  # fmt: skip
+    listed = (out / "listing.txt").read_text()
+    for name in ("sc-LMLO.dcm", "seg-LMLO.dcm", "sr.dcm", "predictions.csv", "exams.csv"):
+        assert name in listed
+    picture = Image.open(out / "sc-mdb023.png")
+    assert picture.width == 560 and (out / "sc-mdb023.png").stat().st_size <= 200_000
+    source = Image.open(MIAS_DIR / "images" / "mdb023.png")
+    assert picture.height > 560 * source.height / source.width  # the caption band on top
