@@ -66,7 +66,8 @@ def mias_as_dicom(png: Path, out_dir: Path) -> Path:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
     ds.PatientID, ds.Modality = name, "MG"
     ds.PresentationIntentType = "FOR PRESENTATION"

@@ -564,7 +564,8 @@ def write_maps(out_dir, result: Predictions, explained: dict, *, dicom_out: bool
             name = f"{v.view or 'view'}"
             image = overlay_image(v.pixels, v.attention, reference=peak, predicted=v.boxes,
                                   scores=v.scores)
-            path = out / "overlays" / _safe(row["exam_id"]) / f"{row['laterality']}{_safe(name)}.png"
+            path = (out / "overlays" / _safe(row["exam_id"])
+                    / f"{row['laterality']}{_safe(name)}.png")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = temporary_path(path)
             image.save(tmp, format="PNG")

@@ -200,6 +200,21 @@ def test_overlay_draws_truth_over_prediction_on_the_grey_view():
     assert img[4, 4, 0] > img[4, 4, 2]  # peak attention: red end of the colour map
 
 
+def test_overlay_leaves_low_attention_grey_and_draws_its_scale_in_the_air():
+    pixels = np.zeros((200, 160), np.float32)
+    pixels[:, :100] = 0.6  # tissue on the left, air on the right
+    amap = np.zeros((200, 160), np.float32)
+    amap[20:60, 10:50] = 1.0
+    amap[100:140, 10:50] = 0.1  # below the floor (a quarter of the peak)
+    img = np.asarray(overlay_image(pixels, amap))
+    assert tuple(img[120, 30]) == (153, 153, 153)  # the grey view, untouched
+    assert tuple(img[40, 30]) != (153, 153, 153)  # the peak is drawn
+    # the colour bar: a column of many colours in the air (right), lower half, none on the left
+    right, left = img[100:, 140:], img[100:, :20]
+    assert len({tuple(c) for c in right.reshape(-1, 3)}) > 20
+    assert len({tuple(c) for c in left.reshape(-1, 3)}) == 1
+
+
 def test_a_head_without_tile_attention_is_refused():
     import jax
 
