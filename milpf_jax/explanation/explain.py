@@ -59,11 +59,15 @@ DEFAULT_OVERLAP = 0.75  # paper, section 3.2
 class ExplainConfig:
     """What `explain_run` explains and how: the split, the tiling's overlap, boxes, detection."""
 
+    maps: Literal["retile", "store"] = option(
+        "retile", "retile: the views tiled again at --overlap and encoded (the paper's maps); "
+                  "store: the head's attention on the tiles already in the run's store, "
+                  "nothing encoded (seconds)")
     split: Literal["train", "val", "test", "all"] = option(
         "test", "the run's split to explain, or all of the cohort")
     task: str | None = option(None, "the task (default: the run's own; another is refused)")
     max_bags: int | None = option(None, "only the first N bags of the split", flag="bags")
-    overlap: float = option(DEFAULT_OVERLAP, "tile overlap for the maps (the paper's 0.75)")
+    overlap: float = option(DEFAULT_OVERLAP, "tile overlap of --maps retile (the paper's 0.75)")
     lesions: str | None = option(
         None, "ground-truth box CSV (default: the cohort's own: the phantom's lesions, "
               "mini-MIAS's circles)")
@@ -470,6 +474,52 @@ def _write_bag(acc: _Collected, result: BagExplanation, truths, out: Path, predi
     })  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _StoreExplainer:
+    """`--maps store`: the run's head and the packed bags of the run's own store (no encoder)."""
+
+    head: object
+    packed: object
+    store: str
+    index: dict  # bag_id -> row of `packed`
+    images: dict  # what the store records for a view (path or view_ref) -> ImageRef
+    tiling: object
+    store_attrs: dict
+    encoder_name: str
+
+    @classmethod
+    def of(cls, run_dir, cohort, cfg: ExplainConfig) -> _StoreExplainer:
+        from milpf_jax.data.packed import load_packed
+        from milpf_jax.extraction.extract import tiling_from_attrs
+        from milpf_jax.learning.checkpoint import load_head, read_metadata
+
+        results = runs.read_results(run_dir)
+        store = results.get("store")
+        if not store:
+            raise ValueError(f"{run_dir}: results.json names no store; --maps store needs the "
+                             "run's own store (or use --maps retile)")
+        meta = read_metadata(runs.best_dir(run_dir))
+        data = results.get("data") or {}
+        packed = load_packed(store, task=meta.get("task") or data.get("task"),
+                             mapping=meta.get("mapping") or data.get("mapping"),
+                             allow_partial=True, unlabelled=True)
+        attrs = dict(packed.info["attrs"])
+        images = {(i.ref or i.path): i for b in cohort.bags for i in b.images}
+        return cls(head=load_head(runs.best_dir(run_dir)), packed=packed, store=str(store),
+                   index={str(b): k for k, b in enumerate(packed.bag_ids)}, images=images,
+                   tiling=tiling_from_attrs(attrs["preprocessing"])[0], store_attrs=attrs,
+                   encoder_name=str(attrs.get("encoder", "")))
+
+    def explain(self, bag, *, threshold: float):
+        from milpf_jax.explanation.stored import stored_explanation
+
+        if bag.bag_id not in self.index:
+            raise ValueError(f"bag {bag.bag_id} is not in the run's store {self.store} (or it "
+                             "failed there); --maps retile reads its images")
+        return stored_explanation(self.head, self.packed, self.index[bag.bag_id], self.store,
+                                  images=self.images, threshold=threshold)
+
+
 def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohort=None,
                 progress: bool = True, command: str = "",
                 explainer: Explainer | None = None) -> dict:
@@ -512,6 +562,8 @@ def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohor
                 raise ValueError(f"{err}; give the cohort (--cohort manifest.csv, mias:DIR, "
                                  "phantom...)") from None
         cohort = read_cohort(cohort)
+    if cfg.maps == "store":
+        explainer = explainer or _StoreExplainer.of(run_dir, cohort, cfg)
     explainer = explainer or load_explainer(
         run_dir, overlap=cfg.overlap, device=cfg.device, model_dir=cfg.model_dir,
         precision=cfg.precision, batch_size=cfg.batch_size)  # fmt: skip
@@ -529,7 +581,10 @@ def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohor
     acc = _Collected()
     for bag in progress_bar(bags, desc="explain", unit="bag", disable=not progress):
         try:
-            result = explain_bag(explainer, bag, threshold=cfg.threshold, keep_pixels=True)
+            if isinstance(explainer, _StoreExplainer):
+                result = explainer.explain(bag, threshold=cfg.threshold)
+            else:
+                result = explain_bag(explainer, bag, threshold=cfg.threshold, keep_pixels=True)
         except (ImageReadError, FileNotFoundError, ValueError) as err:
             log.warning("bag %s: not explained: %s", bag.bag_id, err)
             pseudonymised = any(i.ref for i in bag.images)  # its reasons would name a path
@@ -547,9 +602,11 @@ def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohor
         "ground_truth": Path(cfg.lesions).name if cfg.lesions else
                         "the cohort's own" if truths else "none",
         "settings": {
-            "overlap": explainer.tiling.overlap, "threshold": cfg.threshold,
+            "maps": cfg.maps, "overlap": explainer.tiling.overlap, "threshold": cfg.threshold,
             "iou_threshold": cfg.iou_threshold, "default_spacing_mm": cfg.default_spacing_mm,
-            "tiling": dataclasses.asdict(explainer.tiling), "encoder": explainer.encoder.spec.name,
+            "tiling": dataclasses.asdict(explainer.tiling),
+            "encoder": (explainer.encoder_name if isinstance(explainer, _StoreExplainer)
+                        else explainer.encoder.spec.name),
         },
         "detection": detection_report(acc.detections, acc.truths, spacing_mm=acc.spacing,
                                       iou_threshold=cfg.iou_threshold),

@@ -488,3 +488,29 @@ def test_a_task_other_than_the_runs_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"run was trained on task 'mass', not 'calcification'"):
         explain_run(run, tmp_path / "out", ExplainConfig(task="calcification"))
     assert not (tmp_path / "out").exists()
+
+
+def test_maps_from_the_store_need_no_encoder_and_land_in_the_run(run, monkeypatch):
+    """explain.py --maps store: the run's own stored tiles through its head, written to
+    RUN/explain/store/ by default; the probability is the run's own p_best (the same tiles),
+    and no encoder is ever loaded."""
+    from milpf_jax.extraction import encoders
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("--maps store loaded an encoder")
+
+    monkeypatch.setattr(encoders, "get_encoder", no_encoder)
+    explain = load_script("explain")
+    assert explain.main(["--run", str(run / "run"), "--maps", "store", "--quiet"]) == 0
+    out = run / "run" / "explain" / "store"
+    predictions = {r["bag_id"]: r for r in read_csv(run / "run" / "predictions.csv")}
+    bags = read_csv(out / "bags.csv")
+    assert {r["bag_id"] for r in bags} == {b for b, r in predictions.items()
+                                          if r["split"] == "test"}
+    for row in bags:
+        assert float(row["probability"]) == pytest.approx(
+            float(predictions[row["bag_id"]]["p_best"]), abs=2e-6)
+        for name in row["overlays"].split():
+            assert Image.open(out / "overlays" / name).size == (COLS, ROWS)
+    report = json.loads((out / "detection.json").read_text())
+    assert report["settings"]["maps"] == "store" and report["detection"]["all"]["truths"] > 0
