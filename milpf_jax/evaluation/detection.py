@@ -8,6 +8,14 @@
                   Per lesion kind and per size bucket, truths of other groups are ignored (a box
                   on them counts neither way, as COCO does for area ranges); for size buckets an
                   unmatched box counts only in its own bucket.
+  FROC            in the LUNA16 convention (Setio et al., 2017): a box is a hit at IoU >= 0.25
+                  (as for AP), a second box on a lesion already found is ignored (neither hit
+                  nor false positive), false positives are counted per image over every
+                  evaluated view (negatives included); sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and
+                  8 false positives per image and their mean (LUNA16's CPM). Each rate reads
+                  the highest sensitivity of an operating point (all boxes scoring >= a
+                  threshold) with at most that many false positives per image: a step curve,
+                  no interpolation between operating points.
   localisation    per bag with ground truth, whether the bag's attention peak (the centre of
                   the top cell of its maps) lies inside a lesion box, or within half a tile of
                   one: a "pointing game" that, unlike AP, does not depend on box sizes.
@@ -28,6 +36,7 @@ import numpy as np
 IOU_THRESHOLD = 0.25  # paper, section 3.2
 SIZE_EDGES_MM = (10.0, 20.0)  # small < 10 mm <= medium < 20 mm <= large (longer box side)
 SIZE_NAMES = ("small", "medium", "large")
+FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # false positives per image (LUNA16)
 IOU_TOLERANCE = 1e-9  # IoU >= threshold - this, so an IoU of exactly 0.25 is not lost to rounding
 
 
@@ -65,9 +74,11 @@ def box_iou(a, b) -> np.ndarray:
 # --- detection metrics (pure) ----------------------------------------------------------------
 
 
-def _match(detections, truths, iou_threshold, truth_ignored, unmatched_ignored):
+def _match(detections, truths, iou_threshold, truth_ignored, unmatched_ignored,
+           duplicates_ignored=False):
     """Greedy matching by descending score. Returns (scores [N], outcome [N]) in score order:
-    outcome 1 true positive, 0 false positive, -1 ignored."""
+    outcome 1 true positive, 0 false positive, -1 ignored. duplicates_ignored: a box that hits
+    only lesions already found is ignored (FROC) rather than a false positive (AP)."""
     dets = [Detection(*d) for d in detections]
     gts = [Truth(*t) for t in truths]
     ignored = np.zeros(len(gts), bool) if truth_ignored is None else np.asarray(truth_ignored)
@@ -87,6 +98,12 @@ def _match(detections, truths, iou_threshold, truth_ignored, unmatched_ignored):
              if iou >= iou_threshold - IOU_TOLERANCE),
             default=None,
         )  # fmt: skip
+        if best is None and duplicates_ignored:
+            found = [g for g in by_image.get(dets[i].image, []) if matched[g]]
+            ious = box_iou([dets[i].box], [gts[g].box for g in found])[0] if found else []
+            if any(iou >= iou_threshold - IOU_TOLERANCE for iou in ious):
+                outcome[rank] = -1
+                continue
         if best is None:
             outcome[rank] = -1 if skip[i] else 0
         else:
@@ -151,6 +168,66 @@ def average_precision(
     return float("nan") if out["ap"] is None else out["ap"]
 
 
+def froc_curve(
+    detections: Sequence, truths: Sequence, n_images: int, *,
+    iou_threshold: float = IOU_THRESHOLD,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The FROC operating points (LUNA16 convention; see the module docstring).
+
+    Args:
+      detections: (image, box, score) for every box of every evaluated image.
+      truths: (image, box[, kind]) ground-truth boxes of those images.
+      n_images: how many images were evaluated, those without boxes or truths included.
+
+    Returns:
+      (fp_per_image [K], sensitivity [K], threshold [K]): one point per distinct score, from
+      the highest threshold down, after a first point (0, 0, inf) where no box is kept. Boxes of
+      equal score enter together (no threshold separates them).
+    """
+    if n_images < 1:
+        raise ValueError(f"froc_curve: n_images={n_images}; expected >= 1")
+    scores, outcome = _match(detections, truths, iou_threshold, None, None,
+                             duplicates_ignored=True)
+    if len(scores) == 0:
+        return np.zeros(1), np.zeros(1), np.full(1, np.inf)
+    tp = np.cumsum(outcome == 1)  # [N]
+    fp = np.cumsum(outcome == 0)
+    last = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))  # end of each tie group
+    n_truths = max(len(truths), 1)
+    return (np.concatenate([[0.0], fp[last] / n_images]),
+            np.concatenate([[0.0], tp[last] / n_truths]),
+            np.concatenate([[np.inf], scores[last]]))  # fmt: skip
+
+
+def froc(
+    detections: Sequence, truths: Sequence, n_images: int, *,
+    iou_threshold: float = IOU_THRESHOLD, rates=FROC_RATES,
+) -> dict:  # fmt: skip
+    """Sensitivity at each false-positive rate per image, and their mean (LUNA16's CPM).
+
+    Returns {"rates": [R] false positives per image, "sensitivity": [R], "mean_sensitivity",
+    "truths", "images", "curve": {"fp_per_image", "sensitivity"}} (plain JSON; sensitivities
+    None without truths). At each rate: the highest sensitivity of an operating point with at
+    most that many false positives per image (a step curve, no interpolation).
+
+    Example:
+      >>> froc([("a", (0, 0, 10, 10), 0.9)], [("a", (0, 0, 10, 10))], 2)["mean_sensitivity"]
+      1.0
+    """
+    fpi, sens, _ = froc_curve(detections, truths, n_images, iou_threshold=iou_threshold)
+    # fpi and sens never decrease, so the best point within a rate is the last one within it.
+    at = [float(sens[np.searchsorted(fpi, r + IOU_TOLERANCE, side="right") - 1]) for r in rates]
+    some = len(truths) > 0
+    return {
+        "rates": [float(r) for r in rates],
+        "sensitivity": at if some else [None] * len(rates),
+        "mean_sensitivity": float(np.mean(at)) if some else None,
+        "truths": len(truths), "images": int(n_images),
+        "curve": {"fp_per_image": [round(float(x), 6) for x in fpi],
+                  "sensitivity": [round(float(x), 6) for x in sens]},
+    }  # fmt: skip
+
+
 def peak_point(attention) -> tuple[float, float]:
     """(row, col) of a map's peak: the centre of its top plateau. A map of overlapping tiles is
     flat over each cell of the tile grid, where argmax alone would give the cell's corner."""
@@ -190,19 +267,22 @@ def size_bucket(box, spacing_mm: float | None, edges_mm=SIZE_EDGES_MM) -> str | 
 
 def detection_report(
     detections: Sequence, truths: Sequence, *, spacing_mm: Mapping[str, float | None] | None = None,
-    iou_threshold: float = IOU_THRESHOLD, edges_mm=SIZE_EDGES_MM,
+    iou_threshold: float = IOU_THRESHOLD, edges_mm=SIZE_EDGES_MM, n_images: int | None = None,
 ) -> dict:  # fmt: skip
-    """AP@IoU overall, per lesion kind and per size bucket (see the module docstring).
+    """AP@IoU overall, per lesion kind and per size bucket, and the FROC (module docstring).
 
     Args:
       detections: (image, box, score) for every box of every evaluated image.
       truths: (image, box, kind) ground truth of those images.
       spacing_mm: image -> pixel spacing in mm (None or absent: no size bucket).
+      n_images: how many images were evaluated (views without boxes included), for the FROC's
+        false positives per image; None: no FROC.
 
     Returns:
       {"iou_threshold", "size_buckets_mm", "all": group, "by_kind": {kind: group},
-       "by_size": {bucket: group}, "map_over_kinds"}: a group is `evaluate_detections`'s dict;
-      map_over_kinds is the mean AP over the kinds that have one (None if none does).
+       "by_size": {bucket: group}, "map_over_kinds", "truths_without_size", "froc"}: a group
+      is `evaluate_detections`'s dict; map_over_kinds is the mean AP over the kinds that have
+      one (None if none does); froc is `froc`'s dict (None without n_images).
     """
     dets = [Detection(*d) for d in detections]
     gts = [Truth(*t) for t in truths]
@@ -232,4 +312,6 @@ def detection_report(
         "by_size": by_size,
         "map_over_kinds": float(np.mean(kind_aps)) if kind_aps else None,
         "truths_without_size": int(sum(s is None for s in truth_size)),
+        "froc": None if n_images is None else froc(dets, gts, n_images,
+                                                   iou_threshold=iou_threshold),
     }

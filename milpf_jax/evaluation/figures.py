@@ -284,6 +284,34 @@ def subgroups_figure(result: dict):
 # -- a run folder's figures -------------------------------------------------------------------
 
 
+def froc_figure(detection: dict):
+    """FROC curves (sensitivity against false positives per image, log x) of the head's maps and
+    of every baseline of an explain detection.json, the LUNA16 rates marked."""
+    fig = _figure(5.6, 4.2)
+    ax = fig.add_subplot()
+    curves = [("head", detection["detection"])] + [
+        (kind, b["detection"]) for kind, b in (detection.get("baselines") or {}).items()]
+    for name, det in curves:
+        froc = det.get("froc")
+        if not froc or froc["mean_sensitivity"] is None:
+            continue
+        fpi = np.asarray(froc["curve"]["fp_per_image"][1:], float)
+        sens = np.asarray(froc["curve"]["sensitivity"][1:], float)
+        ax.step(np.maximum(fpi, 1 / 16), sens, where="post", gid=f"froc-{name}",
+                label=f"{name} (mean sensitivity {froc['mean_sensitivity']:.3f})")
+        ax.plot(froc["rates"], froc["sensitivity"], "o", ms=4, color=ax.lines[-1].get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(1 / 16, 16)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("sensitivity (lesions found)")
+    ax.set_title(f"FROC, IoU >= {detection['detection']['iou_threshold']:g} "
+                 f"(maps: {detection.get('settings', {}).get('maps', 'retile')})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def write_run_figures(run_dir, results: dict | None = None, *, log=print) -> dict[str, list]:
     """Every figure of a finished run folder into RUN/figures/: roc, roc-exam (where the bags
     name exams), runs, curves (from history.npz; a folder written before results format 3 has

@@ -410,6 +410,12 @@ DEFINITIONS = {
     "by_size": "longer side of the truth box in mm; truths of other buckets ignored, an "
                "unmatched box counts in its own bucket only",
     "map_over_kinds": "mean of the per-kind APs",
+    "froc": "LUNA16 convention: a hit at IoU >= iou_threshold, a second box on a found lesion "
+            "ignored, false positives per image over every explained view; sensitivity at "
+            "1/8 ... 8 false positives per image and their mean",
+    "baselines": "the same boxes, AP, FROC and pointing game from a uniform map (every tile "
+                 "1/T) and a brightness map (each tile its mean display value), with the "
+                 "head's probability: only localisation differs",
     "localisation": "bags with ground truth whose attention peak (the centre of the top cell of "
                     "the map, over all views) lies inside a lesion box of its view, or within "
                     "half a tile side of one",
@@ -444,18 +450,44 @@ def _record_view(acc: _Collected, bag_id: str, probability: float, v: ViewExplan
     return tboxes
 
 
+def _pointing(result: BagExplanation, view_truths) -> tuple[float, float] | None:
+    """(distance from the bag's attention peak to its view's nearest lesion, median tile side),
+    pixels; None for a bag without ground truth."""
+    if not any(v.name in view_truths for v in result.views):
+        return None
+    top = max(result.views, key=lambda v: float(v.attention.max(initial=0.0)))
+    peak = peak_point(top.attention)
+    gap = min((point_to_box(peak, t.box) for t in view_truths.get(top.name, [])),
+              default=float("inf"))
+    sides = top.tile_boxes[:, 2:] - top.tile_boxes[:, :2]  # [T, 2]
+    return gap, float(np.median(sides)) if len(sides) else 0.0
+
+
+def _record_baselines(found: dict, result: BagExplanation, truths, threshold: float) -> None:
+    """Each baseline's boxes and pointing for one bag, into found[kind] = (detections,
+    pointing)."""
+    from milpf_jax.explanation.baselines import BASELINES, baseline
+
+    view_truths = _view_truths(truths, result.views)
+    for kind in BASELINES:
+        other = baseline(kind, result, threshold=threshold)
+        detections, pointing = found.setdefault(kind, ([], []))
+        for v in other.views:
+            detections += [Detection(v.name, tuple(int(c) for c in box), float(score))
+                           for box, score in zip(v.boxes, v.scores)]
+        point = _pointing(other, view_truths)
+        if point is not None:
+            pointing.append(point)
+
+
 def _write_bag(acc: _Collected, result: BagExplanation, truths, out: Path, prediction: dict,
                *, save_maps: bool, default_spacing_mm) -> None:
     """Overlays (and maps) of one explained bag, and its rows in `acc`."""
     view_truths = _view_truths(truths, result.views)
     names = _overlay_names(result.bag_id, result.views)
-    if any(v.name in view_truths for v in result.views):
-        top = max(result.views, key=lambda v: float(v.attention.max(initial=0.0)))
-        peak = peak_point(top.attention)
-        gap = min((point_to_box(peak, t.box) for t in view_truths.get(top.name, [])),
-                  default=float("inf"))
-        sides = top.tile_boxes[:, 2:] - top.tile_boxes[:, :2]  # [T, 2]
-        acc.pointing.append((gap, float(np.median(sides)) if len(sides) else 0.0))
+    pointing = _pointing(result, view_truths)
+    if pointing is not None:
+        acc.pointing.append(pointing)
     for v, name in zip(result.views, names):
         tboxes = _record_view(acc, result.bag_id, result.probability, v,
                               view_truths.get(v.name, []), default_spacing_mm)
@@ -579,6 +611,7 @@ def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohor
     if cfg.save_maps:
         (out / "maps").mkdir(exist_ok=True)
     acc = _Collected()
+    baselines: dict[str, tuple[list, list]] = {}
     for bag in progress_bar(bags, desc="explain", unit="bag", disable=not progress):
         try:
             if isinstance(explainer, _StoreExplainer):
@@ -593,6 +626,7 @@ def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohor
             continue
         _write_bag(acc, result, truths, out, predictions.get(bag.bag_id, {}),
                    save_maps=cfg.save_maps, default_spacing_mm=cfg.default_spacing_mm)
+        _record_baselines(baselines, result, truths, cfg.threshold)
     write_dict_csv(out / "boxes.csv", BOX_COLUMNS, acc.box_rows)
     write_dict_csv(out / "bags.csv", BAG_COLUMNS, acc.bag_rows)
     summary = {
@@ -609,11 +643,23 @@ def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohor
                         else explainer.encoder.spec.name),
         },
         "detection": detection_report(acc.detections, acc.truths, spacing_mm=acc.spacing,
-                                      iou_threshold=cfg.iou_threshold),
+                                      iou_threshold=cfg.iou_threshold,
+                                      n_images=len(acc.spacing)),
         "localisation": localisation(acc.pointing),
+        "baselines": {
+            kind: {"detection": detection_report(found, acc.truths, spacing_mm=acc.spacing,
+                                                 iou_threshold=cfg.iou_threshold,
+                                                 n_images=len(acc.spacing)),
+                   "localisation": localisation(pointing)}
+            for kind, (found, pointing) in baselines.items()},
         "definitions": DEFINITIONS,
     }  # fmt: skip
     write_json(out / "detection.json", summary)
+    froc = summary["detection"]["froc"]
+    if froc and froc["mean_sensitivity"] is not None:
+        from milpf_jax.evaluation.figures import froc_figure, save_figure
+
+        save_figure(froc_figure(summary), out / "figures", "froc")
     return {**summary, "out": str(out)}
 
 
@@ -645,4 +691,16 @@ def format_report(summary: dict) -> str:
     if loc["bags"]:
         lines.append(f"attention peak on a lesion in {loc['peak_inside']}/{loc['bags']} bags with "
                      f"lesions, within half a tile of one in {loc['peak_within_half_tile']}")
+    rows = [("head", det, loc)] + [(kind, b["detection"], b["localisation"])
+                                   for kind, b in (summary.get("baselines") or {}).items()]
+    if det.get("froc") and det["froc"]["mean_sensitivity"] is not None:
+        rates = "  ".join(f"{r:g}" for r in det["froc"]["rates"])
+        lines += ["", f"{'map':<11} {'AP':>6} {'FROC mean':>9}   sensitivity at {rates} FP/image"
+                      f"   {'pointing':>8}"]
+        for name, d, point in rows:
+            f = d["froc"]
+            ap = "-" if d["all"]["ap"] is None else f"{d['all']['ap']:.3f}"
+            sens = " ".join(f"{x:.2f}" for x in f["sensitivity"])
+            hit = f"{point['peak_within_half_tile']}/{point['bags']}" if point["bags"] else "-"
+            lines.append(f"{name:<11} {ap:>6} {f['mean_sensitivity']:>9.3f}   {sens}   {hit:>8}")
     return "\n".join(lines)

@@ -49,6 +49,20 @@ def attention_map(shape, boxes, weights) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
 
 
+def box_means(pixels, boxes) -> np.ndarray:
+    """[T] float64: the mean of `pixels` [H, W] over each half-open box [T, 4] (clipped to the
+    image; 0 for a box that lies outside it), from one summed-area table."""
+    p = np.asarray(pixels, np.float64)
+    rows, cols = p.shape
+    b = np.clip(np.asarray(boxes, np.int64).reshape(-1, 4), 0, [rows, cols, rows, cols])
+    table = np.zeros((rows + 1, cols + 1))
+    table[1:, 1:] = p.cumsum(0).cumsum(1)
+    y0, x0, y1, x1 = b.T
+    total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    area = (y1 - y0) * (x1 - x0)
+    return np.where(area > 0, total / np.maximum(area, 1), 0.0)
+
+
 def boxes_from_map(
     attention, *, threshold: float = BOX_THRESHOLD, reference: float | None = None,
     probability: float = 1.0,

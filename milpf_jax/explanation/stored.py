@@ -55,7 +55,8 @@ def stored_explanation(head, packed, b: int, store_path, *, images=None,
         found, scores = boxes_from_map(amap, threshold=threshold, reference=peak,
                                        probability=probability)
         views.append(ViewExplanation(
-            name=view_ref or path, path=path, ref=view_ref, view=names[j], flipped=flipped[j], shape=shapes[j],
+            name=view_ref or path, path=path, ref=view_ref, view=names[j], flipped=flipped[j],
+            shape=shapes[j],
             pixel_spacing_mm=image.pixel_spacing_mm, tile_boxes=boxes[views_of == j],
             weights=weights[views_of == j], attention=amap, boxes=found, scores=scores,
             pixels=np.ascontiguousarray(pixels)))  # fmt: skip

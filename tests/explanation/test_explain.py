@@ -514,3 +514,64 @@ def test_maps_from_the_store_need_no_encoder_and_land_in_the_run(run, monkeypatc
             assert Image.open(out / "overlays" / name).size == (COLS, ROWS)
     report = json.loads((out / "detection.json").read_text())
     assert report["settings"]["maps"] == "store" and report["detection"]["all"]["truths"] > 0
+
+
+def test_froc_on_a_hand_made_case():
+    """LUNA16: a second box on a found lesion is ignored, false positives per image over every
+    image (those without boxes too), sensitivity at each rate read off the step curve."""
+    from milpf_jax.evaluation.detection import froc
+
+    dets = [("a", (0, 0, 10, 10), 0.9),    # hits lesion 1
+            ("a", (0, 0, 10, 12), 0.8),    # a second box on lesion 1: ignored
+            ("b", (50, 50, 60, 60), 0.7),  # FP
+            ("c", (0, 0, 20, 20), 0.6),    # hits lesion 2 (IoU 0.25 exactly)
+            ("a", (30, 30, 40, 40), 0.5)]  # FP  # fmt: skip
+    truths = [("a", (0, 0, 10, 10)), ("c", (0, 0, 10, 10)), ("d", (0, 0, 4, 4))]
+    out = froc(dets, truths, n_images=4)
+    assert out["curve"]["fp_per_image"] == [0.0, 0.0, 0.0, 0.25, 0.25, 0.5]
+    assert out["curve"]["sensitivity"] == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3],
+                                                        abs=1e-6)
+    # at 1/8 FP/image only the first operating points qualify; from 1/4 on, two of three found
+    assert out["sensitivity"] == pytest.approx([1 / 3] + [2 / 3] * 6)
+    assert out["mean_sensitivity"] == pytest.approx((1 / 3 + 6 * 2 / 3) / 7)
+    assert froc([], truths, n_images=4)["mean_sensitivity"] == 0.0
+    assert froc(dets, [], n_images=4)["mean_sensitivity"] is None
+
+
+def test_baseline_maps_keep_the_probability_and_change_only_where():
+    from milpf_jax.explanation.baselines import baseline, baseline_weights
+    from milpf_jax.explanation.explain import BagExplanation, ViewExplanation
+
+    pixels = np.zeros((40, 40), np.float32)
+    pixels[20:40, 20:40] = 1.0  # one bright quadrant
+    boxes = np.array([[0, 0, 20, 20], [0, 20, 20, 40], [20, 0, 40, 20], [20, 20, 40, 40]])
+    view = ViewExplanation(name="v", path="v", ref="", view="CC", flipped=False, shape=(40, 40),
+                           pixel_spacing_mm=None, tile_boxes=boxes,
+                           weights=np.array([0.7, 0.1, 0.1, 0.1], np.float32),
+                           attention=attention_map((40, 40), boxes, [0.7, 0.1, 0.1, 0.1]),
+                           boxes=np.zeros((0, 4), np.int32), scores=np.zeros(0), pixels=pixels)
+    bag = BagExplanation("b", "p", "1", 0.8, (view,))
+    [uniform] = baseline_weights("uniform", [view])
+    assert uniform.tolist() == [0.25] * 4
+    [bright] = baseline_weights("brightness", [view])
+    assert bright.tolist() == [0.0, 0.0, 0.0, 1.0]
+    shown = baseline("brightness", bag)
+    assert shown.probability == 0.8
+    assert shown.views[0].boxes.tolist() == [[20, 20, 40, 40]]
+    assert shown.views[0].scores.tolist() == pytest.approx([0.8])
+
+
+def test_froc_figure_plots_the_curves_of_detection_json():
+    from milpf_jax.evaluation.detection import froc
+    from milpf_jax.evaluation.figures import froc_figure
+
+    head = froc([("a", (0, 0, 10, 10), 0.9), ("b", (0, 0, 5, 5), 0.5)], [("a", (0, 0, 10, 10))], 2)
+    none = froc([("b", (0, 0, 5, 5), 0.5)], [("a", (0, 0, 10, 10))], 2)
+    summary = {"detection": {"froc": head, "iou_threshold": 0.25},
+               "baselines": {"uniform": {"detection": {"froc": none}}},
+               "settings": {"maps": "store"}}
+    fig = froc_figure(summary)
+    lines = {line.get_gid(): line for line in fig.axes[0].lines if line.get_gid()}
+    assert set(lines) == {"froc-head", "froc-uniform"}
+    assert lines["froc-head"].get_ydata().tolist() == head["curve"]["sensitivity"][1:]
+    assert lines["froc-uniform"].get_ydata().tolist() == [0.0]
