@@ -575,3 +575,19 @@ def test_froc_figure_plots_the_curves_of_detection_json():
     assert set(lines) == {"froc-head", "froc-uniform"}
     assert lines["froc-head"].get_ydata().tolist() == head["curve"]["sensitivity"][1:]
     assert lines["froc-uniform"].get_ydata().tolist() == [0.0]
+
+
+def test_the_docs_figures_command_writes_the_readme_pictures(run, tmp_path):
+    """experiments/docs_figures.py on a run: both maps modes explained when missing, and the
+    README's five pictures, each a PNG under 200 kB."""
+    docs = load_script("docs_figures")
+    out = tmp_path / "figures"
+    assert docs.main(["--run", str(run / "run"), "--out", str(out), "--quiet"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["froc.png", "overlay-retile.png", "overlay-store.png", "roc.png", "runs.png"]
+    for path in out.iterdir():
+        assert path.stat().st_size <= 200_000 and Image.open(path).format == "PNG"
+    for mode in ("store", "retile"):
+        assert (run / "run" / "explain" / mode / "detection.json").is_file()
+    # the two overlays show the same view, at the view's size
+    assert Image.open(out / "overlay-store.png").size == Image.open(out / "overlay-retile.png").size
