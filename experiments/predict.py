@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         result = predict_images(opts.run, opts.dicom_dir or opts.cohort, thresholds=thresholds,
                                 progress=not opts.quiet, **settings)
     except NoUsableImages as err:
-        from milpf_jax.explanation.predict import FAILURE_COLUMNS
+        from milpf_jax.extraction.failures import FAILURE_COLUMNS
 
         out.mkdir(parents=True, exist_ok=True)
         write_dict_csv(out / "failures.csv", FAILURE_COLUMNS, err.failures)

@@ -352,11 +352,8 @@ def evaluate_external(run_dir, store, *, task=None, mapping=None, n_boot=1000,
     (test: metrics with 95% CIs); writes only `predictions_path`, if given: every bag's ids,
     label and probability (`milpf_jax.evaluation.runs.SCORE_COLUMNS`).
     """
-    import jax
-
-    from milpf_jax.learning.batches import bag_batch
     from milpf_jax.learning.checkpoint import load_head, read_metadata
-    from milpf_jax.learning.train import predict_runs
+    from milpf_jax.learning.train import predict_head
 
     run_dir = Path(run_dir)
     head = load_head(runs.best_dir(run_dir))
@@ -378,9 +375,7 @@ def evaluate_external(run_dir, store, *, task=None, mapping=None, n_boot=1000,
     if mismatch:
         raise ValueError(f"store {store} was made with other settings than the head's training "
                          f"store (trained, this): {mismatch}")
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)  # a run axis
-    batch = bag_batch(packed, block=head.config.impl.tile_block)
-    probs = predict_runs(params, batch, head.config)[0]
+    probs = predict_head(head, packed)
     val = runs.read_split_predictions(run_dir, "val")
     if predictions_path is not None:
         Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)

@@ -303,14 +303,10 @@ def _unique_names(views: Sequence[ViewResult]) -> list[str]:
 
 def _save(ds, path: Path) -> None:
     """Written under a temporary name, then renamed: never half a file under the real name."""
-    from milpf_jax.files import temporary_path
+    from milpf_jax.files import atomic_open
 
-    tmp = temporary_path(path)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:
+        ds.save_as(f, enforce_file_format=True)
 
 
 def write_exam(out_dir, exam_id: str, breasts: Sequence[BreastResult], *,

@@ -45,7 +45,8 @@ from milpf_jax.evaluation.detection import (
     peak_point,
     point_to_box,
 )
-from milpf_jax.explanation.maps import BOX_THRESHOLD, attention_map, boxes_from_map
+from milpf_jax.explanation.baselines import with_weights
+from milpf_jax.explanation.maps import BOX_THRESHOLD
 from milpf_jax.explanation.overlays import overlay_image
 from milpf_jax.files import write_dict_csv, write_json
 from milpf_jax.progress import progress_bar
@@ -123,9 +124,9 @@ class ViewExplanation:
     pixel_spacing_mm: float | None
     tile_boxes: np.ndarray
     weights: np.ndarray
-    attention: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
+    attention: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    boxes: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4), np.int32))
+    scores: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     pixels: np.ndarray | None = None
 
 
@@ -230,27 +231,21 @@ def explain_bag(
     arrays = Bag(np.stack(globals_), np.ones(len(views), bool), tile_emb,
                  np.ones(len(tile_emb), bool))  # fmt: skip
     logit, aux = predict_logits(explainer.head, arrays)
-    probability = float(jax.nn.sigmoid(logit))
     weights = np.asarray(aux["attn"], np.float32).reshape(-1)[: len(tile_emb)]  # [T]
-    maps, start = [], 0
-    for (_, image, plan, _), cut in zip(views, tiles):
-        w = weights[start : start + len(cut)]
-        start += len(cut)
-        maps.append((w, attention_map(image.source_shape, plan.source_boxes, w)))
-    peak = max(float(m.max(initial=0.0)) for _, m in maps)
-    out = []
-    for (ref, image, plan, pixels), (w, amap) in zip(views, maps):
-        boxes, scores = boxes_from_map(amap, threshold=threshold, reference=peak,
-                                       probability=probability)
+    out, start = [], 0
+    for (ref, image, plan, pixels), cut in zip(views, tiles):
         out.append(ViewExplanation(
             name=ref.ref or ref.path, path=ref.path, ref=ref.ref, view=ref.view,
             flipped=bool(plan.transform.flipped), shape=tuple(int(s) for s in image.source_shape),
-            pixel_spacing_mm=image.pixel_spacing_mm, tile_boxes=plan.source_boxes, weights=w,
-            attention=amap, boxes=boxes, scores=scores,
+            pixel_spacing_mm=image.pixel_spacing_mm, tile_boxes=plan.source_boxes,
+            weights=weights[start : start + len(cut)],
             pixels=None if pixels is None else np.ascontiguousarray(pixels),
         ))  # fmt: skip
-    return BagExplanation(bag.bag_id, bag.patient_id, bag.raw_label, probability, tuple(out),
-                          exam_id=bag.exam_id, laterality=bag.laterality)
+        start += len(cut)
+    result = BagExplanation(bag.bag_id, bag.patient_id, bag.raw_label,
+                            float(jax.nn.sigmoid(logit)), tuple(out), exam_id=bag.exam_id,
+                            laterality=bag.laterality)
+    return with_weights(result, [v.weights for v in out], threshold=threshold)
 
 
 # --- a run's settings, cohort, split and ground truth ----------------------------------------
@@ -515,6 +510,7 @@ class _StoreExplainer:
     store: str
     index: dict  # bag_id -> row of `packed`
     images: dict  # what the store records for a view (path or view_ref) -> ImageRef
+    views: list  # per row of `packed` its `stored.StoredView`s
     tiling: object
     store_attrs: dict
     encoder_name: str
@@ -522,6 +518,7 @@ class _StoreExplainer:
     @classmethod
     def of(cls, run_dir, cohort, cfg: ExplainConfig) -> _StoreExplainer:
         from milpf_jax.data.packed import load_packed
+        from milpf_jax.explanation.stored import stored_views
         from milpf_jax.extraction.extract import tiling_from_attrs
         from milpf_jax.learning.checkpoint import load_head, read_metadata
 
@@ -539,6 +536,7 @@ class _StoreExplainer:
         images = {(i.ref or i.path): i for b in cohort.bags for i in b.images}
         return cls(head=load_head(runs.best_dir(run_dir)), packed=packed, store=str(store),
                    index={str(b): k for k, b in enumerate(packed.bag_ids)}, images=images,
+                   views=stored_views(store, packed.store_index),
                    tiling=tiling_from_attrs(attrs["preprocessing"])[0], store_attrs=attrs,
                    encoder_name=str(attrs.get("encoder", "")))
 
@@ -548,8 +546,9 @@ class _StoreExplainer:
         if bag.bag_id not in self.index:
             raise ValueError(f"bag {bag.bag_id} is not in the run's store {self.store} (or it "
                              "failed there); --maps retile reads its images")
-        return stored_explanation(self.head, self.packed, self.index[bag.bag_id], self.store,
-                                  images=self.images, threshold=threshold)
+        k = self.index[bag.bag_id]
+        return stored_explanation(self.head, self.packed, k, self.views[k], images=self.images,
+                                  threshold=threshold)
 
 
 def explain_run(run_dir, out_dir, cfg: ExplainConfig = ExplainConfig(), *, cohort=None,

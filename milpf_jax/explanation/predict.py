@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from milpf_jax.evaluation import runs
+from milpf_jax.extraction.failures import FAILURE_COLUMNS
 
 log = logging.getLogger(__name__)
 
 BREAST_COLUMNS = ("bag_id", "patient_id", "exam_id", "laterality", "views", "p", "flag_bacc",
                   "flag_sens90")  # fmt: skip
 EXAM_COLUMNS = ("patient_id", "exam_id", "breasts", "p", "flag_bacc", "flag_sens90")
-FAILURE_COLUMNS = ("bag_id", "path", "stage", "reason")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
@@ -137,6 +137,9 @@ def load_scoring_run(run_dir) -> ScoringRun:
     """The run's best head, the store attributes it was trained on, its thresholds and its
     validation scores. Refuses a folder without a best head (naming it) and a run trained on
     an imported store (no encoder to re-run on new images)."""
+    from milpf_jax.data.imported import imported_encoder
+    from milpf_jax.evaluation.metrics import exam_level
+    from milpf_jax.explanation.explain import _run_store_attrs
     from milpf_jax.learning.checkpoint import load_head, read_metadata
 
     run_dir = Path(run_dir)
@@ -152,19 +155,14 @@ def load_scoring_run(run_dir) -> ScoringRun:
         raise FileNotFoundError(f"{results_path}: not found; the run's thresholds are in it")
     results = runs.read_results(run_dir)
     meta = read_metadata(best)
-    attrs = meta.get("store_attrs") or results.get("store_attrs") or {}
-    encoder = str(attrs.get("encoder", ""))
-    from milpf_jax.data.imported import imported_encoder
-
-    if imported_encoder(attrs) is not None or not encoder or "preprocessing" not in attrs:
+    attrs = _run_store_attrs(run_dir)
+    if imported_encoder(attrs) is not None:
         raise ValueError(
             f"{run_dir} was trained on a store of imported features (encoder "
-            f"{encoder or 'not recorded'!r}): there is no encoder or tiling to re-run on new "
-            "images. Import the new images' features the same way and score that store with "
+            f"{attrs['encoder']!r}): there is no encoder or tiling to re-run on new images. "
+            "Import the new images' features the same way and score that store with "
             "experiments/evaluate.py")
     val = runs.read_split_predictions(run_dir, "val")
-    from milpf_jax.evaluation.metrics import exam_level
-
     exams = exam_level(val)
     return ScoringRun(
         path=run_dir, head=load_head(best), store_attrs=dict(attrs),
@@ -231,6 +229,7 @@ class Predictions:
     summary: dict = field(default_factory=dict)
     packed: object = None  # the PackedBags scored (maps need their tiles), not written
     cohort: object = None  # the Cohort read (its bags' files), not written
+    views: list = field(default_factory=list)  # per scored breast its `stored.StoredView`s
 
 
 def _flag(p: float, threshold: float | None):
@@ -286,17 +285,6 @@ def _store_failures(store_path, cohort) -> list[dict]:
     return [dict(r) for r in read_failures(store_path) if r["bag_id"] in wanted]
 
 
-def _head_probabilities(head, packed) -> np.ndarray:
-    import jax
-
-    from milpf_jax.learning.batches import bag_batch
-    from milpf_jax.learning.train import predict_runs
-
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)  # a run axis
-    return predict_runs(params, bag_batch(packed, block=head.config.impl.tile_block),
-                        head.config)[0]
-
-
 def predict_images(run, paths_or_manifest, *, thresholds: Thresholds | None = None,
                    cache_dir=None, progress: bool = False, **extract_settings) -> Predictions:
     """Score new images with a finished run's best head; nothing is written but the cached
@@ -315,7 +303,9 @@ def predict_images(run, paths_or_manifest, *, thresholds: Thresholds | None = No
       with its stage and reason. Raises NoUsableImages when nothing can be scored.
     """
     from milpf_jax.data.packed import load_packed
+    from milpf_jax.explanation.stored import stored_views
     from milpf_jax.extraction.extract import extract
+    from milpf_jax.learning.train import predict_head
 
     scoring = run if isinstance(run, ScoringRun) else load_scoring_run(run)
     thresholds = thresholds or scoring.thresholds
@@ -337,12 +327,12 @@ def predict_images(run, paths_or_manifest, *, thresholds: Thresholds | None = No
     if not packed.n_bags:
         raise NoUsableImages(f"{paths_or_manifest}: every bag failed to extract (see the "
                              "failures)", failures)
-    p = _head_probabilities(scoring.head, packed)
-    view_names = _view_names(result.path, packed)
+    p = predict_head(scoring.head, packed)
+    views = stored_views(result.path, packed.store_index)
     breasts = [
         dict(bag_id=str(packed.bag_ids[b]), patient_id=str(packed.patient_ids[b]),
              exam_id=str(packed.exam_ids[b]), laterality=str(packed.lateralities[b]),
-             views=" ".join(view_names[b]), p=float(p[b]),
+             views=" ".join(v.code for v in views[b]), p=float(p[b]),
              flag_bacc=_flag(float(p[b]), thresholds.bacc),
              flag_sens90=_flag(float(p[b]), thresholds.sens90))
         for b in range(packed.n_bags)
@@ -366,7 +356,7 @@ def predict_images(run, paths_or_manifest, *, thresholds: Thresholds | None = No
                   if scoring.val_exam_p is not None else None)),
     )  # fmt: skip
     return Predictions(breasts=breasts, exams=exams, failures=failures, store=str(result.path),
-                       summary=summary, packed=packed, cohort=cohort)
+                       summary=summary, packed=packed, cohort=cohort, views=views)
 
 
 def _task_held(store_path, task: str | None) -> str | None:
@@ -376,15 +366,6 @@ def _task_held(store_path, task: str | None) -> str | None:
 
     held = [t for t, _ in Store.open(store_path).tasks()]
     return task if task in held else None
-
-
-def _view_names(store_path, packed) -> list[list[str]]:
-    """Each scored bag's view codes as planned, in store order ("CC", "MLO")."""
-    from milpf_jax.data.store import Store
-
-    store = Store.open(store_path)
-    names, mask = store.array("view_name"), store.array("global_mask")
-    return [[str(v) for v, m in zip(names[i], mask[i]) if m] for i in packed.store_index]
 
 
 # --- files out -------------------------------------------------------------------------------
@@ -458,7 +439,7 @@ def explain_scored(run_dir, result: Predictions, cohort, *, maps: str = "store",
         from milpf_jax.learning.checkpoint import load_head
 
         head = load_head(runs.best_dir(run_dir))
-        return {b: stored_explanation(head, result.packed, k, result.store)
+        return {b: stored_explanation(head, result.packed, k, result.views[k])
                 for k, b in progress_bar(list(enumerate(scored)), desc="maps", unit="bag",
                                          disable=not progress)}  # fmt: skip
     from milpf_jax.explanation.explain import explain_bag, load_explainer
@@ -466,12 +447,6 @@ def explain_scored(run_dir, result: Predictions, cohort, *, maps: str = "store",
     explainer = load_explainer(run_dir, device=device)
     return {b: explain_bag(explainer, bags[b], keep_pixels=True)
             for b in progress_bar(scored, desc="maps", unit="bag", disable=not progress)}
-
-
-def _safe(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
 def _caption(image, breast: dict, laterality: str, view: str):
@@ -503,8 +478,9 @@ def write_maps(out_dir, result: Predictions, explained: dict, *, dicom_out: bool
     OUT/dicom/<exam>/ (`milpf_jax.explanation.dicom_out.write_exam`) with OUT/dicom/index.csv.
     Returns {"overlays": n, "dicom": [index rows]}."""
     from milpf_jax.explanation import dicom_out as dout
+    from milpf_jax.explanation.explain import _safe
     from milpf_jax.explanation.overlays import overlay_image
-    from milpf_jax.files import temporary_path, write_dict_csv
+    from milpf_jax.files import atomic_open, write_dict_csv
 
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -521,9 +497,8 @@ def write_maps(out_dir, result: Predictions, explained: dict, *, dicom_out: bool
             path = (out / "overlays" / _safe(row["exam_id"])
                     / f"{row['laterality']}{_safe(name)}.png")
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temporary_path(path)
-            image.save(tmp, format="PNG")
-            tmp.replace(path)
+            with atomic_open(path, "wb") as f:
+                image.save(f, format="PNG")
             n += 1
             picture = np.asarray(_caption(image, row, row["laterality"], v.view))
             views.append(dout.ViewResult(

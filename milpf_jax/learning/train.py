@@ -352,3 +352,11 @@ def predict_runs(params, batch: BagBatch, head: HeadConfig) -> np.ndarray:
     head = head.replace(first_layer_dtype="float32")
     fn = jax.jit(jax.vmap(lambda p: jax.nn.sigmoid(forward(p, batch, head)[0])))
     return np.asarray(fn(params))
+
+
+def predict_head(head, packed) -> np.ndarray:
+    """Probabilities [B] of one trained head (`inference.Head`) on every bag of `packed`, in f32:
+    `predict_runs` with a run axis of one, in the tile layout the head was trained with."""
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], head.params)
+    return predict_runs(params, bag_batch(packed, block=head.config.impl.tile_block),
+                        head.config)[0]

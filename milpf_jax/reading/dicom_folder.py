@@ -21,7 +21,6 @@ from milpf_jax.reading.cohort import BagSpec, Cohort, ImageRef, bag_id_of
 from milpf_jax.reading.manifest import view_order
 
 LABEL_KIND = "none"  # no label given: a cohort to score, not to train or test on
-FAILURE_COLUMNS = ("bag_id", "path", "stage", "reason")
 
 
 def _failure(path, reason: str, bag_id: str = "") -> dict[str, str]:
@@ -69,7 +68,8 @@ def _image_fields(ds) -> tuple[dict[str, str], str | None]:
 
 def read_dicom_folder(dicom_dir: str | os.PathLike) -> tuple[Cohort, list[dict[str, str]]]:
     """The unlabelled cohort of every usable mammogram under `dicom_dir` (recursive), and the
-    files left out: rows of `FAILURE_COLUMNS` (stage "read").
+    files left out: rows of bag_id, path, stage ("read") and reason, the columns of an
+    extraction's failure list (`milpf_jax.extraction.failures`).
 
     Raises FileNotFoundError when the folder does not exist; a folder with no usable image gives
     a cohort without bags (the caller says so, with the failures).
