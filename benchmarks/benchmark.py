@@ -270,14 +270,16 @@ def worker_step(spec: dict, cfg: bench.BenchConfig) -> dict:
     packed = _load_data(spec, cfg)
     keys, hp = bench.run_grid(cfg.seeds, cfg)
     dtype = _shipped_dtype()
-    tcfg = _train_config(cfg, dtype, impl=bench.step_impl(variant))
+    impl = bench.step_impl(variant)
+    tcfg = _train_config(cfg, dtype, impl=impl)
     data_dtype = {"float32": jnp.float32, None: None}[variant["data"]]
     data = T.make_train_data(packed, tcfg, dtype=data_dtype)
     r = bench.measure_vmapped(data, tcfg, keys, hp, cfg.timed_epochs)
     r.pop("state")
     return dict(_jax_context(), variant=spec["variant"], **variant,
                 row=dict(r, data_dtype=_data_dtype(data), first_layer_dtype=dtype,
-                         train_slots=int(data.train.tiles.shape[0])))
+                         train_slots=int(data.train.tiles.shape[0]),
+                         chunk_tiles=impl.backward_chunk_tiles))
 
 
 def worker_seeds(spec: dict, cfg: bench.BenchConfig) -> dict:
@@ -685,7 +687,7 @@ def summarise(report: dict, cfg: bench.BenchConfig) -> dict:
             shipped_default=row_id == "5" and dtype == shipped,
             seconds=r["seconds"], median_seconds=r["median_seconds"],
             compile_seconds=r.get("compile_seconds"), first_epoch_seconds=r["first_epoch_seconds"],
-            first_layer_tflops=tflops,
+            first_layer_tflops=tflops, step_temp_bytes=r.get("step_temp_bytes"),
             roofline_fraction=tflops / rates[f"best_{dtype}"] if rates.get(f"best_{dtype}")
             else None,
             fraction_of={k: tflops / v for k, v in rates.items()
@@ -973,6 +975,11 @@ def format_tables(report: dict) -> str:
                  f"{_f(a['f32_5_vs_3_max_abs_loss_diff'])}; bf16 first layer vs f32 (5): max "
                  f"|val AUC diff| {_f(a['bf16_vs_f32_max_abs_val_auc_diff'])} (mean "
                  f"{_f(a['bf16_vs_f32_mean_abs_val_auc_diff'])}).")
+    temps = [(r["first_layer_dtype"], r["step_temp_bytes"]) for r in report["rows"]
+             if r["row"] == "5" and r.get("step_temp_bytes")]
+    if temps:
+        lines.append("XLA's temp buffer of (5)'s compiled step (its working memory beside the "
+                     "data): " + ", ".join(f"{d} {_f(b / 2**30)} GiB" for d, b in temps) + ".")
     if "sharded_vs_one_device" in a:
         s = a["sharded_vs_one_device"]
         lines.append(f"Runs sharded over {s['devices']} devices vs one: max |val AUC diff| "
@@ -1002,7 +1009,8 @@ def format_tables(report: dict) -> str:
                   "| step | s / epoch | vs the first | compile s |", "|---|---|---|---|"]
         for v in variants:
             r = v["row"]
-            lines.append(f"| {v['variant']} | {_f(r['seconds'])} | "
+            here = f" ({r['chunk_tiles']} tiles here)" if v.get("chunk") == "auto" else ""
+            lines.append(f"| {v['variant']}{here} | {_f(r['seconds'])} | "
                          f"{_f(base / r['seconds'])}x | {_f(r['compile_seconds'])} |")
     if report["scaling_seeds_table"]:
         lines += ["", "Scaling of (5) over runs:", "", "| runs | s / epoch | compile s |",

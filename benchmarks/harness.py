@@ -53,30 +53,55 @@ ROW_IDS = ("1", "1c", "2", "2b", "2c", "3", "4", "5")
 # shipped first-layer dtype): the gradient of the attention pooling by autodiff or written by
 # hand (learning.attention.attention_stream), tiles packed or in 16-tile blocks
 # (learning.batches.bag_batch), the embeddings held in float32 or in the first layer's dtype,
-# the backward and then the forward pass over all tiles at once or in chunks. Each variant is a
-# HeadImpl (`step_impl`), part of the compiled program's key.
+# the backward and then the forward pass over all tiles at once or in chunks, then the rest of
+# the step: one backward pass over the tiles instead of two, the per-tile arrays feature-major,
+# the tiles' bf16 bits converted chunk by chunk, the 16->8 kernel transposed for XLA:CPU's fast
+# dot, and the chunk size from the CPU's L2 cache.
+# Each variant is a HeadImpl (`step_impl`), part of the compiled program's key.
+_EARLIER = dict(feature_major=False, one_pass=False, convert_per_chunk=False,
+                second_layer_transposed=False)
+_REST = dict(feature_major=True, one_pass=True, convert_per_chunk=True)
 STEP_VARIANTS = {
     "autodiff, packed tiles, f32 embeddings":
-        dict(hand=False, block=1, data="float32", chunk=None, forward_chunk=None),
+        dict(hand=False, block=1, data="float32", chunk=None, forward_chunk=None, **_EARLIER),
     "hand-written VJP, packed tiles, f32 embeddings":
-        dict(hand=True, block=1, data="float32", chunk=None, forward_chunk=None),
-    "+ 16-tile blocks": dict(hand=True, block=16, data="float32", chunk=None, forward_chunk=None),
+        dict(hand=True, block=1, data="float32", chunk=None, forward_chunk=None, **_EARLIER),
+    "+ 16-tile blocks":
+        dict(hand=True, block=16, data="float32", chunk=None, forward_chunk=None, **_EARLIER),
     "+ embeddings in the first layer's dtype":
-        dict(hand=True, block=16, data=None, chunk=None, forward_chunk=None),
+        dict(hand=True, block=16, data=None, chunk=None, forward_chunk=None, **_EARLIER),
     "+ backward in chunks of 8,192 tiles":
-        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=None),
-    "+ forward in chunks of 8,192 tiles (shipped)":
-        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192),
+        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=None, **_EARLIER),
+    "+ forward in chunks of 8,192 tiles":
+        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192, **_EARLIER),
+    "+ one backward pass (softmax sums from the pooled features)":
+        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192,
+             **dict(_EARLIER, one_pass=True)),
+    "+ per-tile arrays feature-major":
+        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192,
+             **dict(_EARLIER, one_pass=True, feature_major=True)),
+    "+ tiles' bf16 bits converted chunk by chunk":
+        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192,
+             **dict(_EARLIER, **_REST)),
+    "+ the 16->8 kernel transposed for XLA:CPU's fast dot":
+        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192,
+             **_REST, second_layer_transposed=True),
+    "+ chunk size from the CPU's L2 cache (shipped)":
+        dict(hand=True, block=16, data=None, chunk="auto", forward_chunk="auto",
+             **_REST, second_layer_transposed=True),
 }
 
 
 def step_impl(variant: dict):
-    """The learning.head.HeadImpl of one STEP_VARIANTS entry."""
+    """The learning.head.HeadImpl of one STEP_VARIANTS entry ("auto" chunks made concrete)."""
     from milpf_jax.learning.head import HeadImpl
 
     return HeadImpl(hand_written_gradient=variant["hand"], tile_block=variant["block"],
                     forward_chunk_tiles=variant["forward_chunk"],
-                    backward_chunk_tiles=variant["chunk"])
+                    backward_chunk_tiles=variant["chunk"],
+                    feature_major=variant["feature_major"], one_backward_pass=variant["one_pass"],
+                    convert_per_chunk=variant["convert_per_chunk"],
+                    second_layer_transposed=variant["second_layer_transposed"]).resolved()
 
 
 @dataclass(frozen=True)
@@ -678,7 +703,8 @@ def run_grid(seeds: int, cfg: BenchConfig):
 def measure_vmapped(data, train_cfg, keys, hparams, epochs: int, *, devices=None) -> dict:
     """Row (5): `epoch_step` vmapped over runs, compiled once; one warm-up epoch, then
     `epochs` timed epochs. With `devices`, runs are sharded over them and the data replicated.
-    Returns timings, per-epoch val_auc and loss [epochs + 1][R], and the final state."""
+    Returns timings, per-epoch val_auc and loss [epochs + 1][R], the final state and XLA's temp
+    buffer of the compiled step (step_temp_bytes; None where the backend does not say)."""
     import functools
 
     import jax
@@ -696,6 +722,8 @@ def measure_vmapped(data, train_cfg, keys, hparams, epochs: int, *, devices=None
     t0 = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_seconds = time.perf_counter() - t0
+    memory = compiled.memory_analysis()  # XLA's temp buffer: the step's working memory
+    temp_bytes = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
     seconds, aucs, losses = [], [], []
     for _ in range(epochs + 1):
         s, (state, hist) = timed(lambda st=state: compiled(st, data), jax.block_until_ready)
@@ -703,7 +731,8 @@ def measure_vmapped(data, train_cfg, keys, hparams, epochs: int, *, devices=None
         aucs.append(np.asarray(hist.val_auc).tolist())
         losses.append(np.asarray(hist.loss).tolist())
     return dict(compile_seconds=compile_seconds, first_epoch_seconds=seconds[0],
-                **summarise(seconds[1:]), val_auc=aucs, loss=losses, state=state)
+                **summarise(seconds[1:]), val_auc=aucs, loss=losses, state=state,
+                step_temp_bytes=temp_bytes)
 
 
 def measure_sequential(data, train_cfg, keys, hparams, epochs: int) -> dict:

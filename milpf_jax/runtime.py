@@ -132,3 +132,48 @@ def default_first_layer_dtype() -> str:
     if jax.default_backend() in ("gpu", "tpu"):
         return "bfloat16"
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+# A chunk of `attention_stream` keeps about this many bytes per tile and run in flight: the
+# first layer's output, the features recomputed from it and their gradients (16 and 8 float32
+# each). The "auto" chunk holds that for one run within one core's L2 cache.
+CHUNK_BYTES_PER_TILE = 512
+CHUNK_TILES_RANGE = (1024, 16384)
+CHUNK_TILES_FALLBACK = 4096  # a 2 MiB L2, where the cache cannot be read
+GPU_CHUNK_TILES = 8192  # the earlier default (also attention_stream's), where no L2 is read
+
+
+def l2_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """One core's L2 cache in bytes, from Linux's sysfs; None where it cannot be read."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        for index in sorted(Path(sysfs).glob("index*")):
+            if (index / "level").read_text().strip() != "2":
+                continue
+            size = (index / "size").read_text().strip()
+            factor = units.get(size[-1:].upper(), 1)
+            return int(size.rstrip("KMGkmg")) * factor
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def chunk_tiles_for_l2(l2_bytes: int | None) -> int:
+    """Tiles per chunk for a core with `l2_bytes` of L2: L2 / CHUNK_BYTES_PER_TILE rounded down
+    to a power of two, within CHUNK_TILES_RANGE (CHUNK_TILES_FALLBACK for None)."""
+    if not l2_bytes or l2_bytes <= 0:
+        return CHUNK_TILES_FALLBACK
+    low, high = CHUNK_TILES_RANGE
+    tiles = 1 << max(0, (l2_bytes // CHUNK_BYTES_PER_TILE).bit_length() - 1)
+    return min(max(tiles, low), high)
+
+
+def default_chunk_tiles() -> int:
+    """What a chunk size of "auto" (`HeadImpl`) resolves to: from the CPU's L2 cache on CPU
+    (4096 tiles for a 2 MiB L2; README, "Performance", measures the step against it), else
+    GPU_CHUNK_TILES."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return GPU_CHUNK_TILES
+    return chunk_tiles_for_l2(l2_cache_bytes())

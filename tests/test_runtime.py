@@ -54,3 +54,46 @@ def test_auto_first_layer_dtype_follows_the_variable(monkeypatch):
     monkeypatch.delenv("MILPF_FIRST_LAYER_DTYPE")
     assert runtime.default_first_layer_dtype() == (
         "bfloat16" if runtime.cpu_has_fast_bf16() else "float32")
+
+
+def _cache_dir(root, entries):
+    """A sysfs-like cache folder: entries [(level, type, size)]."""
+    for i, (level, kind, size) in enumerate(entries):
+        index = root / f"index{i}"
+        index.mkdir(parents=True)
+        (index / "level").write_text(f"{level}\n")
+        (index / "type").write_text(f"{kind}\n")
+        (index / "size").write_text(f"{size}\n")
+    return root
+
+
+def test_auto_chunk_size_comes_from_the_l2_cache(tmp_path):
+    xeon = _cache_dir(tmp_path / "xeon", [(1, "Data", "48K"), (1, "Instruction", "64K"),
+                                          (2, "Unified", "2048K"), (3, "Unified", "491520K")])
+    epyc = _cache_dir(tmp_path / "epyc", [(1, "Data", "32K"), (2, "Unified", "1024K")])
+    assert runtime.l2_cache_bytes(str(xeon)) == 2 << 20
+    assert runtime.l2_cache_bytes(str(epyc)) == 1 << 20
+    assert runtime.l2_cache_bytes(str(tmp_path / "none")) is None
+    # L2 / 512 bytes a tile, rounded down to a power of two, within [1024, 16384].
+    assert runtime.chunk_tiles_for_l2(2 << 20) == 4096
+    assert runtime.chunk_tiles_for_l2(1 << 20) == 2048
+    assert runtime.chunk_tiles_for_l2(1280 << 10) == 2048
+    assert runtime.chunk_tiles_for_l2(256 << 10) == 1024
+    assert runtime.chunk_tiles_for_l2(64 << 20) == 16384
+    assert runtime.chunk_tiles_for_l2(None) == runtime.CHUNK_TILES_FALLBACK == 4096
+
+
+def test_a_resolved_head_records_concrete_chunk_sizes():
+    from milpf_jax.config import ConfigError
+    from milpf_jax.learning.head import HeadConfig, HeadImpl
+
+    head = HeadConfig().resolved()
+    expected = runtime.default_chunk_tiles()
+    assert head.impl.forward_chunk_tiles == head.impl.backward_chunk_tiles == expected
+    assert head.first_layer_dtype in ("float32", "bfloat16")
+    pinned = HeadConfig(impl=HeadImpl(forward_chunk_tiles=None, backward_chunk_tiles=512))
+    assert pinned.resolved().impl == pinned.impl  # concrete sizes are kept
+    with pytest.raises(ConfigError, match="backward_chunk_tiles"):
+        HeadImpl(backward_chunk_tiles="big")
+    with pytest.raises(ConfigError, match="forward_chunk_tiles"):
+        HeadImpl(forward_chunk_tiles=0)

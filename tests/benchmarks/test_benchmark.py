@@ -70,6 +70,9 @@ def test_quick_has_every_row_with_positive_seconds(quick):
     assert len(shipped) == 1 and shipped[0]["row"] == "5"
     assert shipped[0]["first_layer_dtype"] == report["shipped_first_layer_dtype"] \
         == default_first_layer_dtype()
+    # XLA's temp buffer of the compiled step: at least the first layer's f32 output, [R, 16, N].
+    n_tiles = report["shapes"]["splits"]["train"]["tiles"]
+    assert shipped[0]["step_temp_bytes"] >= 4 * 16 * 4 * n_tiles
     one = next(r for r in rows if r["row"] == "1")
     assert one["speedup_vs_1"] == pytest.approx(1.0)
     assert {(x["library"], x["dtype"]) for x in report["rooflines"]} == {

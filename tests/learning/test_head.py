@@ -171,6 +171,9 @@ def ragged_bags(seed, counts, d=24):
     return tiles, tile_bag
 
 
+@pytest.mark.parametrize("feature_major,one_backward_pass,second_layer_transposed", [
+    (True, True, True), (True, False, True), (True, True, False), (False, True, False),
+    (False, False, False)])
 @pytest.mark.parametrize("block,dtype,chunk_tiles", [
     (1, "float32", None), (16, "float32", None), (16, "bfloat16", None),
     # Both passes in chunks. 9 blocks: at most 2 a chunk gives 5 chunks of 2, the last
@@ -178,7 +181,8 @@ def ragged_bags(seed, counts, d=24):
     # tiles, at most 20 a chunk: 5 chunks of 17, the last overlapping by 3.
     (16, "float32", 32), (16, "float32", 64), (1, "float32", 20),
 ])
-def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles):
+def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles, feature_major,
+                                                    one_backward_pass, second_layer_transposed):
     from milpf_jax.learning.attention import attention_stream
     from milpf_jax.learning.batches import _in_blocks
 
@@ -198,7 +202,9 @@ def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles):
 
     def loss_ours(proj, attn):
         local, w = attention_stream(proj, attn, jnp.asarray(x), jnp.asarray(block_bag),
-                                    jnp.asarray(valid), nb, dtype, chunk_tiles, chunk_tiles)
+                                    jnp.asarray(valid), nb, dtype, chunk_tiles, chunk_tiles,
+                                    feature_major, one_backward_pass, True,
+                                    second_layer_transposed)
         return jnp.sum(jnp.tanh(local) * cot) + jnp.sum(w[jnp.asarray(valid)] ** 2)
 
     def loss_ref(proj, attn):
