@@ -19,6 +19,7 @@ uses its config and data helpers and must not load either library.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import platform
@@ -58,38 +59,25 @@ ROW_IDS = ("1", "1c", "2", "2b", "2c", "3", "4", "5")
 # the tiles' bf16 bits converted chunk by chunk, the 16->8 kernel transposed for XLA:CPU's fast
 # dot, and the chunk size from the CPU's L2 cache.
 # Each variant is a HeadImpl (`step_impl`), part of the compiled program's key.
-_EARLIER = dict(feature_major=False, one_pass=False, convert_per_chunk=False,
-                second_layer_transposed=False)
-_REST = dict(feature_major=True, one_pass=True, convert_per_chunk=True)
-STEP_VARIANTS = {
-    "autodiff, packed tiles, f32 embeddings":
-        dict(hand=False, block=1, data="float32", chunk=None, forward_chunk=None, **_EARLIER),
-    "hand-written VJP, packed tiles, f32 embeddings":
-        dict(hand=True, block=1, data="float32", chunk=None, forward_chunk=None, **_EARLIER),
-    "+ 16-tile blocks":
-        dict(hand=True, block=16, data="float32", chunk=None, forward_chunk=None, **_EARLIER),
-    "+ embeddings in the first layer's dtype":
-        dict(hand=True, block=16, data=None, chunk=None, forward_chunk=None, **_EARLIER),
-    "+ backward in chunks of 8,192 tiles":
-        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=None, **_EARLIER),
-    "+ forward in chunks of 8,192 tiles":
-        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192, **_EARLIER),
-    "+ one backward pass (softmax sums from the pooled features)":
-        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192,
-             **dict(_EARLIER, one_pass=True)),
-    "+ per-tile arrays feature-major":
-        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192,
-             **dict(_EARLIER, one_pass=True, feature_major=True)),
-    "+ tiles' bf16 bits converted chunk by chunk":
-        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192,
-             **dict(_EARLIER, **_REST)),
-    "+ the 16->8 kernel transposed for XLA:CPU's fast dot":
-        dict(hand=True, block=16, data=None, chunk=8192, forward_chunk=8192,
-             **_REST, second_layer_transposed=True),
-    "+ chunk size from the CPU's L2 cache (shipped)":
-        dict(hand=True, block=16, data=None, chunk="auto", forward_chunk="auto",
-             **_REST, second_layer_transposed=True),
-}
+STEP_CHANGES = (  # (row, what it changes from the row above)
+    ("autodiff, packed tiles, f32 embeddings",
+     dict(hand=False, block=1, data="float32", chunk=None, forward_chunk=None,
+          feature_major=False, one_pass=False, convert_per_chunk=False,
+          second_layer_transposed=False)),
+    ("hand-written VJP, packed tiles, f32 embeddings", dict(hand=True)),
+    ("+ 16-tile blocks", dict(block=16)),
+    ("+ embeddings in the first layer's dtype", dict(data=None)),
+    ("+ backward in chunks of 8,192 tiles", dict(chunk=8192)),
+    ("+ forward in chunks of 8,192 tiles", dict(forward_chunk=8192)),
+    ("+ one backward pass (softmax sums from the pooled features)", dict(one_pass=True)),
+    ("+ per-tile arrays feature-major", dict(feature_major=True)),
+    ("+ tiles' bf16 bits converted chunk by chunk", dict(convert_per_chunk=True)),
+    ("+ the 16->8 kernel transposed for XLA:CPU's fast dot",
+     dict(second_layer_transposed=True)),
+    ("+ chunk size from the CPU's L2 cache (shipped)", dict(chunk="auto", forward_chunk="auto")),
+)
+STEP_VARIANTS = dict(zip([name for name, _ in STEP_CHANGES], itertools.accumulate(
+    [change for _, change in STEP_CHANGES], lambda row, change: {**row, **change})))
 
 
 def step_impl(variant: dict):
@@ -722,8 +710,8 @@ def measure_vmapped(data, train_cfg, keys, hparams, epochs: int, *, devices=None
     t0 = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_seconds = time.perf_counter() - t0
-    memory = compiled.memory_analysis()  # XLA's temp buffer: the step's working memory
-    temp_bytes = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
+    # XLA's temp buffer: the step's working memory (memory_analysis may be None).
+    temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
     seconds, aucs, losses = [], [], []
     for _ in range(epochs + 1):
         s, (state, hist) = timed(lambda st=state: compiled(st, data), jax.block_until_ready)

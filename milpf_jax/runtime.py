@@ -140,7 +140,7 @@ def default_first_layer_dtype() -> str:
 CHUNK_BYTES_PER_TILE = 512
 CHUNK_TILES_RANGE = (1024, 16384)
 CHUNK_TILES_FALLBACK = 4096  # a 2 MiB L2, where the cache cannot be read
-GPU_CHUNK_TILES = 8192  # the earlier default (also attention_stream's), where no L2 is read
+GPU_CHUNK_TILES = 8192  # the earlier default, where no L2 cache is read (GPU, TPU)
 
 
 def l2_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:

@@ -16,18 +16,73 @@ gradient's GEMM reads its input with no transpose, and the elementwise work runs
 and tile-major ([blocks, L, features], the earlier code). The softmax gradient needs, per bag,
 the sum of w * dw over its tiles; with `one_backward_pass` it comes from the forward's pooled
 features (see `_bag_sum_w_dw`), so the backward pass walks the tiles once instead of twice. The
-layout, the chunk sizes and the block are `HeadImpl` fields (`milpf_jax.learning.head`), so
-they are part of the compiled program's key; the README's performance section measures each.
+layout, the chunk sizes and the block are fields of `HeadImpl` (below; the head's config
+carries it), so they are part of the compiled program's key; the README's performance section
+measures each.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from milpf_jax.runtime import GPU_CHUNK_TILES as DEFAULT_CHUNK_TILES
+from milpf_jax.config import check
+
+ChunkTiles = int | None | Literal["auto"]
+
+
+@dataclass(frozen=True)
+class HeadImpl:
+    """How a head computes, not what: the same values up to float rounding, other speed and
+    memory (README, "Performance"). Re-exported by `milpf_jax.learning.head`.
+
+    hand_written_gradient: the local attention stream through `attention_stream` (False:
+    autodiff of StreamMLP + segment softmax, the slower gradient). tile_block: the trainer pads
+    each bag's tiles to a multiple of this (1: packed tiles as they are).
+    forward_chunk_tiles, backward_chunk_tiles: tiles per chunk of each pass of
+    `attention_stream` (None: one pass over all tiles; "auto": chosen from this machine's CPU
+    by `milpf_jax.runtime.default_chunk_tiles`, made concrete by `HeadConfig.resolved`).
+    feature_major: `attention_stream`'s per-tile arrays laid out [features, tiles] (False: the
+    earlier [tiles, features]). one_backward_pass: its backward pass walks the tiles once,
+    taking the softmax gradient's per-bag sums from the forward's pooled features (False: a
+    second pass recomputes them). convert_per_chunk: bf16 tiles converted to the bits the
+    CPU slices chunk by chunk (False: the whole array once per call, a copy of every tile).
+    second_layer_transposed: in the feature-major layout, the 16->8 kernel transposed once so
+    XLA:CPU computes that layer with its fast dot (`_stream_tail_t`).
+    """
+
+    hand_written_gradient: bool = True
+    tile_block: int = 16
+    forward_chunk_tiles: ChunkTiles = "auto"
+    backward_chunk_tiles: ChunkTiles = "auto"
+    feature_major: bool = True
+    one_backward_pass: bool = True
+    convert_per_chunk: bool = True
+    second_layer_transposed: bool = True
+
+    def __post_init__(self):
+        check(self, self.tile_block >= 1, "tile_block", f"{self.tile_block}; expected >= 1")
+        for name in ("forward_chunk_tiles", "backward_chunk_tiles"):
+            value = getattr(self, name)
+            ok = value is None or value == "auto" or (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            check(self, ok, name, f"{value!r}; expected an int >= 1, None or 'auto'")
+
+    def resolved(self) -> HeadImpl:
+        """This impl with "auto" chunk sizes made concrete for this machine."""
+        if "auto" not in (self.forward_chunk_tiles, self.backward_chunk_tiles):
+            return self
+        from milpf_jax.runtime import default_chunk_tiles
+
+        tiles = default_chunk_tiles()
+        return dataclasses.replace(self, **{
+            name: tiles for name in ("forward_chunk_tiles", "backward_chunk_tiles")
+            if getattr(self, name) == "auto"})
 
 
 def first_layer(x, kernel, bias, dtype):
@@ -184,26 +239,28 @@ def _forward_one_pass(proj, attn, tiles, block_bag, valid, num_bags, dtype):
 
 
 def _forward_in_chunks(proj, attn, tiles, block_bag, valid, num_bags, dtype, chunk,
-                       feature_major, convert_per_chunk, second_layer_transposed):
+                       impl: HeadImpl):
     """As `_forward_one_pass` in chunks of `chunk` blocks, with an online softmax per bag; a is
-    [16, K, L] when feature_major. Only the first layer's output (kept for the backward pass)
+    [16, K, L] when impl.feature_major. Only the first layer's output (kept for the backward pass)
     and the scores span all tiles."""
     k, length = valid.shape
     hidden, proj_dim = proj["0"]["bias"].shape[0], proj["1"]["bias"].shape[0]
+    feature_major = impl.feature_major
     axis = 1 if feature_major else 0  # the blocks' axis of a
 
     def features(x):  # a chunk's first-layer output, its tail, how to pool its features
         kernel, bias = proj["0"]["kernel"], proj["0"]["bias"]
         if feature_major:
             a_c = first_layer_t(x, kernel, bias, dtype).reshape(hidden, chunk, length)
-            return a_c, _stream_tail_t(a_c, proj, attn, second_layer_transposed), "kl,fkl->kf"
+            return (a_c, _stream_tail_t(a_c, proj, attn, impl.second_layer_transposed),
+                    "kl,fkl->kf")
         a_c = first_layer(x, kernel, bias, dtype).reshape(chunk, length, hidden)
         return a_c, _stream_tail(a_c, proj, attn), "kl,klf->kf"
 
     def step(start, fresh, carry):
         a_buf, s_buf, *online = carry
         a_c, (_, _, q, _, s_c), pool = features(
-            _tile_rows(tiles, start * length, chunk * length, convert_per_chunk))
+            _tile_rows(tiles, start * length, chunk * length, impl.convert_per_chunk))
         v_c = _blocks(valid, start, chunk) & fresh[:, None]  # each block counted once
         online = _online_update(*online, s_c, v_c, _blocks(block_bag, start, chunk), num_bags,
                                 lambda e: jnp.einsum(pool, e, q))
@@ -218,16 +275,15 @@ def _forward_in_chunks(proj, attn, tiles, block_bag, valid, num_bags, dtype, chu
 
 
 def _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype,
-                              forward_chunk, backward_chunk, feature_major, one_backward_pass,
-                              convert_per_chunk, second_layer_transposed):
+                              impl: HeadImpl):
+    impl = impl.resolved()
     k = block_bag.shape[0]
     length = tiles.shape[0] // k if k else 1  # tiles per block
     valid = tile_valid.reshape(k, length)
-    chunk = _chunk_blocks(k, length, forward_chunk)
-    if k and (feature_major or chunk < k):  # feature-major always walks chunks (one: one pass)
+    chunk = _chunk_blocks(k, length, impl.forward_chunk_tiles)
+    if k and (impl.feature_major or chunk < k):  # feature-major always walks chunks
         a, w, pooled = _forward_in_chunks(proj, attn, tiles, block_bag, valid, num_bags, dtype,
-                                          chunk, feature_major, convert_per_chunk,
-                                          second_layer_transposed)
+                                          chunk, impl)
     else:
         a, w, pooled = _forward_one_pass(proj, attn, tiles, block_bag, valid, num_bags, dtype)
     weight_sum = jax.ops.segment_sum(jnp.sum(w, axis=1), block_bag, num_bags)  # 1, or 0 if empty
@@ -236,28 +292,21 @@ def _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags
     return (local, w.reshape(-1)), residuals
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10, 11, 12))
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def attention_stream(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype,
-                     forward_chunk=DEFAULT_CHUNK_TILES, backward_chunk=DEFAULT_CHUNK_TILES,
-                     feature_major=True, one_backward_pass=True, convert_per_chunk=True,
-                     second_layer_transposed=True):
+                     impl: HeadImpl = HeadImpl()):
     """The local stream with latent-attention pooling: StreamMLP on every tile, then
     softmax(z K^T / sqrt(8)) V within each bag. Same values as `StreamMLP` + `_pool_segments`
     ("attn"), with a hand-written gradient.
 
     proj, attn: the `local_proj` and `local_attn` parameters. tiles [N, D]; block_bag [K] with
     N = K * L: tiles come in K blocks of L consecutive tiles that belong to one bag (L = 1: any
-    packing, block_bag = tile_bag). tile_valid [N]. forward_chunk, backward_chunk: tiles per
-    chunk of each pass (None: one pass over all tiles). feature_major, one_backward_pass: the
-    layout and the backward's passes (module docstring); convert_per_chunk: see `_tile_rows`;
-    second_layer_transposed (feature-major only): see `_stream_tail_t`.
-    Returns (local [num_bags, 8], weights
+    packing, block_bag = tile_bag). tile_valid [N]. impl: how it computes (`HeadImpl`: chunk
+    sizes, layout, passes; "auto" chunks resolved here). Returns (local [num_bags, 8], weights
     [N]). The tiles get no gradient (they are data).
     """
     return _attention_stream_forward(proj, attn, tiles, block_bag, tile_valid, num_bags, dtype,
-                                     forward_chunk, backward_chunk, feature_major,
-                                     one_backward_pass, convert_per_chunk,
-                                     second_layer_transposed)[0]
+                                     impl)[0]
 
 
 def _bag_sum_w_dw(pooled, weight_sum, w, d_weights, d_pooled, d_weight_sum, block_bag,
@@ -287,7 +336,7 @@ def _first_layer_weight_grad(da, x, dtype):
 
 
 def _tile_sums(block_bag, a, w, d_weights, d_pooled, d_weight_sum, w_dw, tiles, proj, attn,
-               dtype, chunk, feature_major, convert_per_chunk, second_layer_transposed):
+               dtype, chunk, impl: HeadImpl):
     """The backward pass over the tiles, chunk by chunk: each tile's features are recomputed
     from the first layer's output a (cheap, and far less memory than keeping them), then the
     gradient flows through the softmax (ds = w * (dw - sum_bag(w * dw))), the 16->8 layer and
@@ -300,9 +349,9 @@ def _tile_sums(block_bag, a, w, d_weights, d_pooled, d_weight_sum, w_dw, tiles, 
         bb = _blocks(block_bag, start, chunk)
         w_c = _blocks(w, start, chunk) * fresh[:, None]  # a block seen earlier adds nothing
         other = d_weight_sum[bb][:, None] + _blocks(d_weights, start, chunk)
-        if feature_major:
+        if impl.feature_major:
             a_c = jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=1)  # [16, C, L]
-            h, pre2, q, key_vec, _ = _stream_tail_t(a_c, proj, attn, second_layer_transposed)
+            h, pre2, q, key_vec, _ = _stream_tail_t(a_c, proj, attn, impl.second_layer_transposed)
             dp = d_pooled[bb].T[:, :, None]  # [8, C, 1]
             ds = w_c * (jnp.sum(q * dp, axis=0) + other - w_dw[bb][:, None])
             dq = w_c[None] * dp + ds[None] * key_vec[:, None, None]
@@ -321,7 +370,7 @@ def _tile_sums(block_bag, a, w, d_weights, d_pooled, d_weight_sum, w_dw, tiles, 
             da = jnp.where(a_c > 0, d_pre2 @ w2.T, 0.0).reshape(-1, hidden).T
             d_w2 = jnp.einsum("klh,klf->hf", h, d_pre2)
             d_b2, d_key = jnp.sum(d_pre2, (0, 1)), jnp.einsum("kl,klf->f", ds, q)
-        x = _tile_rows(tiles, start * length, chunk * length, convert_per_chunk)
+        x = _tile_rows(tiles, start * length, chunk * length, impl.convert_per_chunk)
         return dict(w1=sums["w1"] + _first_layer_weight_grad(da, x, dtype),
                     b1=sums["b1"] + jnp.sum(da, axis=1), w2=sums["w2"] + d_w2,
                     b2=sums["b2"] + d_b2, key_vec=sums["key_vec"] + d_key,
@@ -331,16 +380,16 @@ def _tile_sums(block_bag, a, w, d_weights, d_pooled, d_weight_sum, w_dw, tiles, 
 
 
 def _bag_sum_w_dw_by_pass(block_bag, a, w, d_weights, d_pooled, d_weight_sum, proj, attn,
-                          num_bags, chunk, feature_major, second_layer_transposed):
+                          num_bags, chunk, impl: HeadImpl):
     """`_bag_sum_w_dw` the long way: a pass over the tiles recomputing their features (the
     earlier code; `one_backward_pass=False`)."""
     k, _ = w.shape
 
     def body(start, fresh, acc):
         bb = _blocks(block_bag, start, chunk)
-        if feature_major:
+        if impl.feature_major:
             q = _stream_tail_t(jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=1), proj,
-                               attn, second_layer_transposed)[2]
+                               attn, impl.second_layer_transposed)[2]
             q_dp = jnp.einsum("fkl,kf->kl", q, d_pooled[bb])
         else:
             q_dp = jnp.einsum("klf,kf->kl", _stream_tail(_blocks(a, start, chunk), proj,
@@ -352,31 +401,27 @@ def _bag_sum_w_dw_by_pass(block_bag, a, w, d_weights, d_pooled, d_weight_sum, pr
     return _chunk_loop(k, chunk, body, jnp.zeros(num_bags, jnp.float32))
 
 
-def _attention_stream_bwd(num_bags, dtype, forward_chunk, backward_chunk, feature_major,
-                          one_backward_pass, convert_per_chunk, second_layer_transposed,
-                          residuals, cotangents):
+def _attention_stream_bwd(num_bags, dtype, impl: HeadImpl, residuals, cotangents):
+    impl = impl.resolved()
     proj, attn, tiles, block_bag, a, w, pooled, weight_sum = residuals
     d_local, d_weights = cotangents
     k, length = w.shape
-    feature_major = feature_major and bool(k)
     wv, bv = attn["v"]["kernel"], attn["v"]["bias"]
     d_pooled = d_local @ wv.T  # [B, 8]
     d_weight_sum = d_local @ bv  # [B]
     d_weights = d_weights.reshape(k, length)
-    chunk = _chunk_blocks(k, length, backward_chunk)
-    if one_backward_pass or not k:
+    chunk = _chunk_blocks(k, length, impl.backward_chunk_tiles)
+    if impl.one_backward_pass or not k:
         w_dw = _bag_sum_w_dw(pooled, weight_sum, w, d_weights, d_pooled, d_weight_sum,
                              block_bag, num_bags)
     else:
         w_dw = _bag_sum_w_dw_by_pass(block_bag, a, w, d_weights, d_pooled, d_weight_sum, proj,
-                                     attn, num_bags, chunk, feature_major,
-                                     second_layer_transposed)
+                                     attn, num_bags, chunk, impl)
     hidden, proj_dim = proj["0"]["bias"].shape[0], proj["1"]["bias"].shape[0]
     sums = _zero_sums(hidden, tiles.shape[-1], proj_dim)
     if k:
         sums = _tile_sums(block_bag, a, w, d_weights, d_pooled, d_weight_sum, w_dw, tiles,
-                          proj, attn, dtype, chunk, feature_major, convert_per_chunk,
-                          second_layer_transposed)
+                          proj, attn, dtype, chunk, impl)
     # The barrier keeps XLA from folding the transpose below into the weight gradient's dot:
     # folded, a one-chunk pass's bf16 dot took a form XLA:CPU computes only in its fallback,
     # which has no bf16 (UNIMPLEMENTED: DotThunk BF16 x BF16 = F32).

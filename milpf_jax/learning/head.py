@@ -28,64 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from milpf_jax.config import check, check_choices, option
-from milpf_jax.learning.attention import attention_stream, first_layer
+from milpf_jax.learning.attention import HeadImpl, attention_stream, first_layer
 
 GlobalPool = Literal["max", "mean", "attn", "none"]
 LocalPool = Literal["attn", "max", "mean", "none"]
 FirstLayerDtype = Literal["auto", "float32", "bfloat16"]
 GLOBAL_POOLS, LOCAL_POOLS = get_args(GlobalPool), get_args(LocalPool)
-
-
-ChunkTiles = int | None | Literal["auto"]
-
-
-@dataclass(frozen=True)
-class HeadImpl:
-    """How a head computes, not what: the same values up to float rounding, other speed and
-    memory (README, "Performance").
-
-    hand_written_gradient: the local attention stream through `attention_stream` (False:
-    autodiff of StreamMLP + segment softmax, the slower gradient). tile_block: the trainer pads
-    each bag's tiles to a multiple of this (1: packed tiles as they are).
-    forward_chunk_tiles, backward_chunk_tiles: tiles per chunk of each pass of
-    `attention_stream` (None: one pass over all tiles; "auto": chosen from this machine's CPU
-    by `milpf_jax.runtime.default_chunk_tiles`, made concrete by `HeadConfig.resolved`).
-    feature_major: `attention_stream`'s per-tile arrays laid out [features, tiles] (False: the
-    earlier [tiles, features]). one_backward_pass: its backward pass walks the tiles once,
-    taking the softmax gradient's per-bag sums from the forward's pooled features (False: a
-    second pass recomputes them). convert_per_chunk: bf16 tiles converted to the bits the
-    CPU slices chunk by chunk (False: the whole array once per call, a copy of every tile).
-    second_layer_transposed: in the feature-major layout, the 16->8 kernel transposed once so
-    XLA:CPU computes that layer with its fast dot (`attention.py`, `_stream_tail_t`).
-    """
-
-    hand_written_gradient: bool = True
-    tile_block: int = 16
-    forward_chunk_tiles: ChunkTiles = "auto"
-    backward_chunk_tiles: ChunkTiles = "auto"
-    feature_major: bool = True
-    one_backward_pass: bool = True
-    convert_per_chunk: bool = True
-    second_layer_transposed: bool = True
-
-    def __post_init__(self):
-        check(self, self.tile_block >= 1, "tile_block", f"{self.tile_block}; expected >= 1")
-        for name in ("forward_chunk_tiles", "backward_chunk_tiles"):
-            value = getattr(self, name)
-            ok = value is None or value == "auto" or (
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1)
-            check(self, ok, name, f"{value!r}; expected an int >= 1, None or 'auto'")
-
-    def resolved(self) -> HeadImpl:
-        """This impl with "auto" chunk sizes made concrete for this machine."""
-        if "auto" not in (self.forward_chunk_tiles, self.backward_chunk_tiles):
-            return self
-        from milpf_jax.runtime import default_chunk_tiles
-
-        tiles = default_chunk_tiles()
-        return dataclasses.replace(self, **{
-            name: tiles for name in ("forward_chunk_tiles", "backward_chunk_tiles")
-            if getattr(self, name) == "auto"})
 
 
 @dataclass(frozen=True)
@@ -279,9 +227,7 @@ class MILPFHead(nn.Module):
             loc, w = attention_stream(
                 params["local_proj"], params["local_attn"], tiles,
                 tile_bag if block_bag is None else block_bag, tile_valid, b,
-                cfg.first_layer_dtype, cfg.impl.forward_chunk_tiles, cfg.impl.backward_chunk_tiles,
-                cfg.impl.feature_major, cfg.impl.one_backward_pass, cfg.impl.convert_per_chunk,
-                cfg.impl.second_layer_transposed,
+                cfg.first_layer_dtype, cfg.impl,
             )
             feats.append(loc)
             aux["local"], aux["attn"] = loc, w

@@ -183,7 +183,7 @@ def ragged_bags(seed, counts, d=24):
 ])
 def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles, feature_major,
                                                     one_backward_pass, second_layer_transposed):
-    from milpf_jax.learning.attention import attention_stream
+    from milpf_jax.learning.attention import HeadImpl, attention_stream
     from milpf_jax.learning.batches import _in_blocks
 
     counts = [0, 1, 5, 16, 17, 40, 0, 3]
@@ -201,10 +201,11 @@ def test_attention_stream_gradient_equals_autodiff(block, dtype, chunk_tiles, fe
     cot = jnp.asarray(np.random.default_rng(1).standard_normal((nb, 8)), jnp.float32)
 
     def loss_ours(proj, attn):
+        impl = HeadImpl(forward_chunk_tiles=chunk_tiles, backward_chunk_tiles=chunk_tiles,
+                        feature_major=feature_major, one_backward_pass=one_backward_pass,
+                        second_layer_transposed=second_layer_transposed)
         local, w = attention_stream(proj, attn, jnp.asarray(x), jnp.asarray(block_bag),
-                                    jnp.asarray(valid), nb, dtype, chunk_tiles, chunk_tiles,
-                                    feature_major, one_backward_pass, True,
-                                    second_layer_transposed)
+                                    jnp.asarray(valid), nb, dtype, impl)
         return jnp.sum(jnp.tanh(local) * cot) + jnp.sum(w[jnp.asarray(valid)] ** 2)
 
     def loss_ref(proj, attn):
